@@ -1,0 +1,59 @@
+"""The CUDA 3DNA path: FlexAttention with a block-sparse mask built once per grid shape.
+
+The mask_mod reads the canonical rule (DESIGN.md) from small per-token lookup tables, so
+FlexAttention skips every (query block, key block) pair with no visible key. Global keys are
+placed first. At 21×21 grids the default 128-token blocks cover ~6 rows of a frame and waste
+most of the sparsity; 64 is the default here. It was not measured on a GPU in this repository
+yet (no accelerator was lent to the session that wrote it): `tools/bench_3dna.py` on a CUDA
+machine is how to choose it. On CPU, FlexAttention runs forward only (tests use that).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from kernels.mask import Extent, Grid
+
+DEFAULT_BLOCK_SIZE = 64
+
+
+@functools.lru_cache(maxsize=64)
+def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
+                     device: torch.device, block_size: int = DEFAULT_BLOCK_SIZE) -> BlockMask:
+    """BlockMask over [G globals, Nk grid keys] for queries in raster order."""
+    (Sq, Hq, Wq), (Sk, Hk, Wk) = q_grid, kv_grid
+    q = torch.arange(Sq * Hq * Wq, device=device)
+    # Floor projection of each query onto the key grid, per axis.
+    centre = (q // (Hq * Wq) * Sk // Sq, q // Wq % Hq * Hk // Hq, q % Wq * Wk // Wq)
+    radius = [n if e is None else (e - 1) // 2 for e, n in zip(extent, kv_grid)]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        k = kv_idx - n_global
+        k_s, k_h, k_w = k // (Hk * Wk), k // Wk % Hk, k % Wk
+        near = ((k_s - centre[0][q_idx]).abs() <= radius[0]) & ((k_h - centre[1][q_idx]).abs() <= radius[1]) \
+            & ((k_w - centre[2][q_idx]).abs() <= radius[2])
+        if causal:
+            near = near & (k < q_idx)
+        return (kv_idx < n_global) | ((k >= 0) & near)
+
+    return create_block_mask(mask_mod, None, None, Sq * Hq * Wq, n_global + Sk * Hk * Wk, device=device,
+                             BLOCK_SIZE=block_size)
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool,
+                          k_global=None, v_global=None, block_size: int = DEFAULT_BLOCK_SIZE):
+    """Same contract as `nearby_attention`; compiled FlexAttention on CUDA, eager elsewhere."""
+    n_global = 0 if k_global is None else k_global.shape[2]
+    if n_global:
+        k, v = torch.cat([k_global, k], 2), torch.cat([v_global, v], 2)
+    block_mask = build_block_mask(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device,
+                                  block_size)
+    attend = _compiled_flex() if q.is_cuda else flex_attention
+    return attend(q, k, v, block_mask=block_mask)

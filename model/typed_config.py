@@ -1,0 +1,166 @@
+"""Typed dataclass configs: strict loading from dicts/YAML/JSON and `--section.key value` overrides.
+
+Every component owns one dataclass. Unknown keys and values of the wrong type are errors that
+name the offending key, so a typo in a config file never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Return `value` converted to `annotation`, or raise a ValueError naming `where`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping for {annotation.__name__}, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{where}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: {value!r} does not match {annotation}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a sequence, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [_check_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return {_check_value(k, key_type, where): _check_value(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a float, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an int, got {value!r}")
+        return value
+    if annotation in (str, bool):
+        if not isinstance(value, annotation):
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported config annotation {annotation}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from `data`; missing keys keep their defaults, unknown keys raise."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+                         f"known: {', '.join(sorted(names))}")
+    kwargs = {k: _check_value(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data view of a config (tuples become lists), suitable for JSON/YAML."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _parse_scalar(text: str) -> Any:
+    """Command-line values are read as YAML: `24` → int, `1e-3` → float, `null` → None, `[3,3,1]` → list."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads `1e-3` as a string
+        return float(value)
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `["--model.layers", "24", "--train.lr=1e-3"]` into a nested dict."""
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"expected an override like --section.key value, got {arg!r}")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ValueError(f"override {arg} has no value")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        node = nested
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key} conflicts with an earlier override")
+        node[leaf] = _parse_scalar(text)
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: `update` wins; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict (an empty file is an empty dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict[str, Any] | None = None) -> T:
+    """`base` (e.g. a preset's dict) ← file ← command-line overrides, then strict validation."""
+    data = dict(base or {})
+    if path is not None:
+        data = merge(data, read_file(path))
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)

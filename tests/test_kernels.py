@@ -1,0 +1,184 @@
+"""3DNA: the mask definition against hand-worked cases, and every backend against the reference."""
+import pytest
+import torch
+
+from kernels import nearby_attention, nearby_mask
+from kernels.blocked import blocked_attention
+
+
+def visible(mask, query):
+    return set(mask[query].nonzero().flatten().tolist())
+
+
+def test_self_attention_corner_edge_centre():
+    m = nearby_mask((1, 3, 3), (1, 3, 3), (1, 3, 3), causal=False)
+    assert visible(m, 0) == {0, 1, 3, 4}                     # corner: window cut at the border
+    assert visible(m, 1) == {0, 1, 2, 3, 4, 5}               # top edge
+    assert visible(m, 4) == set(range(9))                    # centre
+    assert visible(m, 8) == {4, 5, 7, 8}
+
+
+def test_larger_grid_window_is_cut_not_shifted():
+    m = nearby_mask((1, 5, 5), (1, 5, 5), (1, 3, 3), causal=False)
+    assert visible(m, 0) == {0, 1, 5, 6}  # NATTEN would shift to a full 3x3 window
+    assert m.sum(1).tolist() == [4, 6, 6, 6, 4, 6, 9, 9, 9, 6, 6, 9, 9, 9, 6, 6, 9, 9, 9, 6, 4, 6, 6, 6, 4]
+
+
+def test_window_wider_than_grid_and_full_axis():
+    assert nearby_mask((2, 2, 2), (2, 2, 2), (5, 5, 5), causal=False).all()
+    assert nearby_mask((3, 4, 5), (3, 4, 5), (None, None, None), causal=False).all()
+    m = nearby_mask((1, 1, 6), (1, 1, 6), (1, 1, None), causal=False)
+    assert m.all()
+
+
+def test_video_onto_image_grid():
+    m = nearby_mask((10, 21, 21), (1, 21, 21), (3, 3, 3), causal=False)
+    assert m.shape == (4410, 441)
+    q = 7 * 441 + 0 * 21 + 20                                # frame 7, row 0, last column
+    assert visible(m, q) == {19, 20, 40, 41}
+    q = 9 * 441 + 10 * 21 + 10                               # every frame projects onto frame 0
+    assert visible(m, q) == {r * 21 + c for r in (9, 10, 11) for c in (9, 10, 11)}
+
+
+def test_onto_coarser_grid_floor_projection():
+    m = nearby_mask((4, 6, 6), (2, 3, 3), (1, 1, 1), causal=False)
+    q = 3 * 36 + 5 * 6 + 5                                   # (3,5,5) → (1,2,2)
+    assert visible(m, q) == {1 * 9 + 2 * 3 + 2}
+    q = 2 * 36 + 1 * 6 + 3                                   # (2,1,3) → (1,0,1)
+    assert visible(m, q) == {1 * 9 + 0 * 3 + 1}
+    m = nearby_mask((4, 6, 6), (2, 3, 3), (3, 3, 3), causal=False)
+    assert visible(m, 3 * 36 + 5 * 6 + 5) == {s * 9 + h * 3 + w for s in (0, 1) for h in (1, 2) for w in (1, 2)}
+
+
+def test_onto_text_positions():
+    assert nearby_mask((1, 21, 21), (1, 1, 77), (1, 1, None), causal=False).all()
+    m = nearby_mask((1, 21, 21), (1, 1, 77), (1, 1, 3), causal=False)
+    assert visible(m, 20) == {72, 73, 74}                    # column 20 → ⌊20·77/21⌋ = 73
+    assert visible(m, 21) == {0, 1}                          # column 0 of row 1 → 0, cut at the border
+
+
+def test_causal_is_raster_order_and_strict():
+    m = nearby_mask((1, 3, 3), (1, 3, 3), (1, 3, 3), causal=True)
+    assert visible(m, 0) == set()                            # the first query sees no grid key
+    assert visible(m, 4) == {0, 1, 2, 3}
+    assert visible(m, 8) == {4, 5, 7}
+    m = nearby_mask((2, 2, 2), (2, 2, 2), (3, 3, 3), causal=True)
+    assert visible(m, 4) == {0, 1, 2, 3}                     # (0,1,1) is earlier in raster order
+    assert not m.diagonal().any()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(q_grid=(1, 0, 3)), "q_grid"), (dict(q_grid=(1, 3)), "q_grid"), (dict(kv_grid=(1, -3, 3)), "kv_grid"),
+    (dict(kv_grid=(1, 3, 3.0)), "kv_grid"), (dict(extent=(1, 2, 3)), "extent"), (dict(extent=(1, 3, 0)), "extent"),
+    (dict(extent=(3, 3)), "extent"), (dict(extent=(3, 3, -1)), "extent"),
+    (dict(kv_grid=(1, 2, 2), causal=True), "causal"),
+])
+def test_mask_rejects_bad_arguments(bad, match):
+    args = dict(q_grid=(1, 3, 3), kv_grid=(1, 3, 3), extent=(1, 3, 3), causal=False) | bad
+    with pytest.raises(ValueError, match=match):
+        nearby_mask(**args)
+
+
+def _inputs(q_grid, kv_grid, heads=2, dim=8, globals_=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    nq, nk = q_grid[0] * q_grid[1] * q_grid[2], kv_grid[0] * kv_grid[1] * kv_grid[2]
+    q = torch.randn(2, heads, nq, dim, generator=gen)
+    k, v = (torch.randn(2, heads, nk, dim, generator=gen) for _ in range(2))
+    g = [torch.randn(2, heads, globals_, dim, generator=gen) for _ in range(2)] if globals_ else [None, None]
+    return [t if t is None else t.requires_grad_() for t in (q, k, v, *g)]
+
+
+def _run(backend, tensors, q_grid, kv_grid, extent, causal, **kw):
+    q, k, v, kg, vg = tensors
+    fn = blocked_attention if backend == "blocked-tile" else nearby_attention
+    if backend == "blocked-tile":
+        out = fn(q, k, v, q_grid, kv_grid, extent, causal, kg, vg, **kw)
+    else:
+        out = fn(q, k, v, q_grid, kv_grid, extent, causal, backend=backend, k_global=kg, v_global=vg)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    inputs = [t for t in tensors if t is not None]
+    grads = torch.autograd.grad((out * weights).sum(), inputs)
+    return out, grads
+
+
+CASES = [  # q_grid, kv_grid, extent, causal, number of global keys
+    ((1, 21, 21), (1, 21, 21), (1, 3, 3), True, 1),          # image decoder self-attention
+    ((4, 7, 9), (4, 7, 9), (3, 3, 3), True, 1),              # video, odd sizes
+    ((3, 5, 7), (3, 5, 7), (3, 5, 3), False, 0),
+    ((1, 1, 13), (1, 1, 13), (1, 1, None), False, 0),        # text encoder
+    ((1, 1, 13), (1, 1, 13), (1, 1, 5), True, 2),
+    ((5, 6, 7), (1, 6, 7), (3, 3, 3), False, 0),             # video → image cross-attention
+    ((3, 6, 6), (2, 3, 4), (3, 3, 3), False, 0),             # onto a coarser grid
+    ((2, 3, 3), (3, 8, 7), (1, 3, 1), False, 1),             # onto a finer grid
+    ((1, 4, 5), (1, 1, 11), (1, 1, 3), False, 0),            # image → text positions
+    ((2, 5, 5), (2, 5, 5), (None, 3, None), True, 1),
+]
+
+
+@pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global", CASES)
+def test_blocked_equals_reference_forward_and_backward(q_grid, kv_grid, extent, causal, n_global):
+    tensors = _inputs(q_grid, kv_grid, globals_=n_global)
+    ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, extent, causal)
+    out, grads = _run("blocked", tensors, q_grid, kv_grid, extent, causal)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [(1, 1, 1), (2, 4, 3), (3, 7, 9), (4, 5, 5)])
+def test_blocked_any_tile_shape_equals_reference(tile):
+    q_grid = kv_grid = (3, 7, 9)  # tiles that overhang the grid on every axis
+    tensors = _inputs(q_grid, kv_grid)
+    ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, (3, 3, 3), True)
+    out, grads = _run("blocked-tile", tensors, q_grid, kv_grid, (3, 3, 3), True, tile=tile)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global", CASES)
+def test_flex_equals_reference_forward(q_grid, kv_grid, extent, causal, n_global):
+    tensors = [t if t is None else t.detach() for t in _inputs(q_grid, kv_grid, globals_=n_global)]
+    q, k, v, kg, vg = tensors
+    ref = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend="reference", k_global=kg, v_global=vg)
+    out = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend="flex", k_global=kg, v_global=vg)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention backward and the CUDA paths need a GPU")
+@pytest.mark.parametrize("backend", ["blocked", "flex"])
+@pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global", CASES)
+def test_cuda_backends_equal_reference(backend, q_grid, kv_grid, extent, causal, n_global):
+    tensors = [t if t is None else t.detach().cuda().requires_grad_() for t in _inputs(q_grid, kv_grid, globals_=n_global)]
+    ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, extent, causal)
+    out, grads = _run(backend, tensors, q_grid, kv_grid, extent, causal)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_backend_matches_reference_and_full_windows_skip_the_mask():
+    for q_grid, kv_grid, extent, causal, n_global in CASES:
+        tensors = [t if t is None else t.detach() for t in _inputs(q_grid, kv_grid, globals_=n_global)]
+        q, k, v, kg, vg = tensors
+        ref = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend="reference", k_global=kg, v_global=vg)
+        auto = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global=kg, v_global=vg)
+        torch.testing.assert_close(auto, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_rejects_bad_arguments():
+    q, k, v, kg, vg = (t.detach() for t in _inputs((1, 3, 3), (1, 3, 3)))
+    with pytest.raises(ValueError, match="q has 9 tokens but q_grid"):
+        nearby_attention(q, k, v, (1, 3, 4), (1, 3, 3), (1, 3, 3), False)
+    with pytest.raises(ValueError, match="k/v have 9/9 tokens but kv_grid"):
+        nearby_attention(q, k, v, (1, 3, 3), (1, 1, 3), (1, 3, 3), False)
+    with pytest.raises(ValueError, match="extent"):
+        nearby_attention(q, k, v, (1, 3, 3), (1, 3, 3), (1, 3, 4), False)
+    with pytest.raises(ValueError, match="k_global"):
+        nearby_attention(q, k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), True)
+    with pytest.raises(ValueError, match="together"):
+        nearby_attention(q, k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), False, k_global=kg)
+    with pytest.raises(ValueError, match=r"q must be \[B, heads, N, D\]"):
+        nearby_attention(q[0], k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), False)
+    with pytest.raises(ValueError, match="backend"):
+        nearby_attention(q, k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), False, backend="natten")
