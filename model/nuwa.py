@@ -1,0 +1,207 @@
+"""The NÜWA encoder-decoder over 3D token grids (paper Sec. 3.3, DESIGN.md "Model").
+
+Reads top to bottom: attention → MLP → encoder block → decoder block → the model.
+Every sequence is a grid (S, H, W) flattened in raster order; attention between grids is 3D
+nearby attention (kernels/), with per-modality window extents taken from the config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from kernels import nearby_attention
+from model.config import NuwaConfig
+
+try:  # apex's fused kernel when installed (it falls back to F.layer_norm on CPU tensors itself)
+    from apex.normalization import FusedLayerNorm as LayerNorm
+except ImportError:
+    LayerNorm = nn.LayerNorm
+
+
+class NearbyAttention(nn.Module):
+    """Multi-head 3DNA. Self-attention when `context` is None, else cross-attention to `context`.
+
+    With `causal=True` (the decoder) the slots hold [<bos>, y_0, …, y_{N-2}]: slot t is the query
+    that predicts token t, so the key/value of token u is read from slot u+1 and slot 0 (<bos>) is
+    a global key every query sees. Windows are thereby centred on the token being predicted and a
+    token never sees itself (DESIGN.md, "3D nearby attention").
+    """
+
+    def __init__(self, config: NuwaConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.query = nn.Linear(config.width, config.width)
+        self.key_value = nn.Linear(config.width, 2 * config.width)
+        self.proj = nn.Linear(config.width, config.width)
+        self.dropout = nn.Dropout(config.dropout)
+        self.backend = config.attention_backend
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        return x.view(B, N, self.heads, C // self.heads).transpose(1, 2)  # (B, h, N, hd)
+
+    def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False):
+        B, N, C = x.shape
+        q = self.split_heads(self.query(x))
+        k, v = self.key_value(x if context is None else context).chunk(2, dim=-1)
+        k, v = self.split_heads(k), self.split_heads(v)  # (B, h, Nk, hd)
+        k_global = v_global = None
+        if causal:
+            # Token u's key sits in slot u+1; the last token's key would be slot N (never visible: zeros).
+            k_global, v_global = k[:, :, :1], v[:, :, :1]
+            k, v = F.pad(k[:, :, 1:], (0, 0, 0, 1)), F.pad(v[:, :, 1:], (0, 0, 0, 1))
+        y = nearby_attention(q, k, v, q_grid, kv_grid or q_grid, extent, causal=causal, backend=self.backend,
+                             k_global=k_global, v_global=v_global)
+        y = y.transpose(1, 2).reshape(B, N, C)
+        return self.dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NuwaConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.width, config.mlp_ratio * config.width)
+        self.proj = nn.Linear(config.mlp_ratio * config.width, config.width)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN 3DNA self-attention over the condition, then an MLP (paper Eq. 14)."""
+
+    def __init__(self, config: NuwaConfig):
+        super().__init__()
+        self.norm_attn = LayerNorm(config.width)
+        self.attn = NearbyAttention(config)
+        self.norm_mlp = LayerNorm(config.width)
+        self.mlp = MLP(config)
+
+    def forward(self, x, grid, extent):
+        x = x + self.attn(self.norm_attn(x), grid, extent)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class DecoderBlock(nn.Module):
+    """Causal 3DNA self-attention, then 3DNA cross-attention to the condition, then an MLP (Eq. 15).
+
+    The paper writes the two attentions as a sum; we apply them one after the other, each with its
+    residual, the standard encoder-decoder reading.
+    """
+
+    def __init__(self, config: NuwaConfig):
+        super().__init__()
+        self.norm_self = LayerNorm(config.width)
+        self.self_attn = NearbyAttention(config)
+        self.norm_cross = LayerNorm(config.width)
+        self.cross_attn = NearbyAttention(config)
+        self.norm_mlp = LayerNorm(config.width)
+        self.mlp = MLP(config)
+
+    def forward(self, x, grid, extent, condition, condition_grid, condition_extent):
+        x = x + self.self_attn(self.norm_self(x), grid, extent, causal=True)
+        x = x + self.cross_attn(self.norm_cross(x), grid, condition_extent, context=condition, kv_grid=condition_grid)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class Nuwa(nn.Module):
+    """Text (or any condition grid) → encoder; visual codes → causal decoder → logits over the codebook."""
+
+    def __init__(self, config: NuwaConfig):
+        super().__init__()
+        self.config = config
+        d = config.width
+        self.text_embed = nn.Embedding(config.text_vocab_size, d)
+        self.text_pos = nn.Embedding(config.text_length, d)  # the text grid's time axis
+        self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
+        self.encoder_norm = LayerNorm(d)
+
+        self.code_embed = nn.Embedding(config.codebook_size, d)
+        self.bos = nn.Parameter(torch.empty(d))
+        self.pos_time = nn.Embedding(config.frames, d)
+        self.pos_row = nn.Embedding(config.grid_height, d)
+        self.pos_col = nn.Embedding(config.grid_width, d)
+        self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
+        self.decoder_norm = LayerNorm(d)
+        self.head = nn.Linear(d, config.codebook_size)
+        self.init_weights()
+
+    def init_weights(self):
+        """GPT-2 style: N(0, 0.02), residual projections scaled by 1/√(2·layers), zero biases."""
+        residual_std = 0.02 / math.sqrt(2 * (self.config.encoder_layers + self.config.decoder_layers))
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(".proj") else 0.02
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, (nn.LayerNorm, LayerNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.bos, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = True) -> int:
+        """Parameter count; by default without the nn.Embedding tables (the paper's 870M)."""
+        skip = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if not (exclude_embeddings and id(p) in skip))
+
+    def extent_for(self, grid: tuple[int, int, int]):
+        """Images (S = 1) use the image window, videos the video window."""
+        return self.config.image_extent if grid[0] == 1 else self.config.video_extent
+
+    def _run(self, block, *args):
+        if self.config.activation_checkpointing and self.training:
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """text [B, L] ids → condition states [B, L, d] on the 1×1×L grid."""
+        L = text.shape[1]
+        if L != self.config.text_length:
+            raise ValueError(f"text has {L} positions, the model expects {self.config.text_length}")
+        x = self.text_embed(text) + self.text_pos.weight  # (B, L, d)
+        for block in self.encoder:
+            x = self._run(block, x, self.config.text_grid, self.config.text_extent)
+        return self.encoder_norm(x)
+
+    def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[S·H·W, d]: per-axis tables added, in raster order."""
+        S, H, W = grid
+        pos = (self.pos_time.weight[:S, None, None] + self.pos_row.weight[None, :H, None]
+               + self.pos_col.weight[None, None, :W])  # (S, H, W, d)
+        return pos.reshape(S * H * W, -1)
+
+    def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, N] → slots [<bos>, y_0 … y_{N-2}] embedded, [B, N, d]."""
+        B = codes.shape[0]
+        tokens = self.code_embed(codes[:, :-1])  # (B, N-1, d)
+        return torch.cat([self.bos.expand(B, 1, -1), tokens], dim=1)
+
+    def decode(self, codes: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """codes [B, S, H, W], condition [B, L, d] → logits [B, S·H·W, codebook] (slot t predicts y_t)."""
+        B, S, H, W = codes.shape
+        grid = (S, H, W)
+        self.check_grid(grid)
+        x = self.decoder_input(codes.reshape(B, -1)) + self.position_embedding(grid)  # slot t gets location t
+        extent = self.extent_for(grid)
+        condition_grid = (1, 1, condition.shape[1])
+        for block in self.decoder:
+            x = self._run(block, x, grid, extent, condition, condition_grid, self.config.text_extent)
+        return self.head(self.decoder_norm(x))
+
+    def check_grid(self, grid):
+        S, H, W = grid
+        if S > self.config.frames or H != self.config.grid_height or W != self.config.grid_width:
+            raise ValueError(f"code grid {grid} does not fit the model's (≤{self.config.frames}, "
+                             f"{self.config.grid_height}, {self.config.grid_width})")
+
+    def forward(self, text: torch.Tensor, codes: torch.Tensor):
+        """text [B, L], codes [B, S, H, W] → (logits [B, N, V], mean cross-entropy over all codes)."""
+        logits = self.decode(codes, self.encode_text(text))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), codes.reshape(-1).long())
+        return logits, loss

@@ -1,0 +1,579 @@
+"""VQ-GAN: the 2D visual tokenizer that turns every image and video frame into a grid of codes.
+
+Paper Sec. 3.1 (Eq. 1-5): an encoder E maps an image to a grid of vectors, each vector is
+replaced by its nearest codebook entry, and a decoder G maps the quantized grid back to pixels.
+NÜWA-336 codes 336×336 images as 21×21 codes (downsampling 16, codebook 12,288); NÜWA-256
+codes 256×256 images as 32×32 codes (downsampling 8).
+
+The network mirrors taming-transformers' `VQModel` module for module and name for name
+(`encoder.down.N.block.M`, `quantize.embedding.weight`, `quant_conv`, `post_quant_conv`,
+`decoder.up.N...`), so the public taming checkpoints (e.g. the f16 ImageNet models) load with
+`VQGAN.from_taming`. The file reads top to bottom: config → building blocks → encoder →
+decoder → quantizer → VQGAN → checkpoint loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model import typed_config
+
+
+@dataclass
+class VQGANConfig:
+    """Architecture of one VQ-GAN; the defaults are the paper's f16 model (336 px → 21×21, 12,288 codes)."""
+    resolution: int = 336
+    """Image side in pixels that the model codes; the code grid is resolution // downsample."""
+    in_channels: int = 3
+    """Channels of the input images (RGB)."""
+    out_channels: int = 3
+    """Channels of the decoded images (RGB)."""
+    ch: int = 128
+    """Base channel width; level i has ch * ch_mult[i] channels."""
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    """Channel multiplier per resolution level; len(ch_mult) - 1 stride-2 steps give downsample 2**(len - 1)."""
+    num_res_blocks: int = 2
+    """ResnetBlocks per level in the encoder (the decoder has one more per level, as in taming)."""
+    attn_levels: tuple[int, ...] = (4,)
+    """Levels (0 = full resolution) with self-attention after each ResnetBlock. taming names them by
+    resolution instead (`attn_resolutions: [16]` at 256 px is level 4 of a five-level model)."""
+    z_channels: int = 256
+    """Channels of the encoder output and the decoder input."""
+    embed_dim: int = 256
+    """Dimension of one codebook vector."""
+    codebook_size: int = 12288
+    """Number of codes; at most 65,536 so that codes fit uint16 in the shards."""
+    beta: float = 0.25
+    """Commitment weight: pulls encoder outputs toward their codes (VQ-VAE's beta)."""
+    norm_groups: int = 32
+    """GroupNorm groups (taming uses 32; the tiny preset uses fewer so that narrow layers still normalise)."""
+    dropout: float = 0.0
+    """Dropout inside ResnetBlocks."""
+
+    def __post_init__(self):
+        self.ch_mult, self.attn_levels = tuple(self.ch_mult), tuple(self.attn_levels)
+        if not 1 < self.codebook_size <= 65536:
+            raise ValueError(f"codebook_size must be in 2..65536 so codes fit uint16, got {self.codebook_size}")
+        if self.resolution % self.downsample:
+            raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor {self.downsample}")
+        widths = [self.ch * m for m in self.ch_mult]
+        if any(w % self.norm_groups for w in widths):
+            raise ValueError(f"channel widths {widths} must be divisible by norm_groups={self.norm_groups}")
+        if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
+            raise ValueError(f"attn_levels {self.attn_levels} must lie in 0..{len(self.ch_mult) - 1}")
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per code along each axis (16 for f16, 8 for f8)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Code grid (h, w) of one image at `resolution`."""
+        side = self.resolution // self.downsample
+        return side, side
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VQGANConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown VQ-GAN preset {name!r}; known: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, VQGANConfig] = {
+    # CPU tests and the demo: 64 px → 8×8 codes, ~1.2M parameters.
+    "tiny": VQGANConfig(resolution=64, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_levels=(3,),
+                        z_channels=32, embed_dim=32, codebook_size=512, norm_groups=8),
+    # NÜWA-336 (the paper's default): taming's f16 ImageNet architecture with 12,288 codes, 336 px → 21×21.
+    "f16-12288": VQGANConfig(),
+    # NÜWA-256: downsampling 8, 256 px → 32×32 codes. The paper does not give this codebook's size;
+    # we keep the 12,288 codes of the default model.
+    "f8": VQGANConfig(resolution=256, ch_mult=(1, 2, 2, 4), attn_levels=(3,)),
+}
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm → swish → conv, twice, plus a (1×1-projected where widths differ) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (conv(h).reshape(B, 1, C, H * W).transpose(2, 3) for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), scale C**-0.5 as in taming
+        h = h.transpose(2, 3).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv with taming's asymmetric zero padding (right and bottom only)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: ResnetBlocks, attention after each where enabled, then resampling
+    (taming's names: `downsample` in the encoder, `upsample` in the decoder, none at the last level)."""
+
+    def __init__(self, blocks: list[ResnetBlock], attns: list[AttnBlock], downsample: Downsample | None = None,
+                 upsample: Upsample | None = None):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attns)
+        if downsample is not None:
+            self.downsample = downsample
+        if upsample is not None:
+            self.upsample = upsample
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        if hasattr(self, "downsample"):
+            h = self.downsample(h)  # (B, C, H/2, W/2)
+        if hasattr(self, "upsample"):
+            h = self.upsample(h)  # (B, C, 2H, 2W)
+        return h
+
+
+class Middle(nn.Module):
+    """ResnetBlock → attention → ResnetBlock at the lowest resolution."""
+
+    def __init__(self, channels: int, groups: int, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, groups, dropout)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, groups, dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h)))
+
+
+# ----------------------------------------------------------------------------- encoder and decoder
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) pixels → (B, z_channels, H/f, W/f) features, f = 2**(levels - 1)."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        g, p = cfg.norm_groups, cfg.dropout
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        width = cfg.ch
+        for level, mult in enumerate(cfg.ch_mult):
+            out = cfg.ch * mult
+            blocks = [ResnetBlock(width if i == 0 else out, out, g, p) for i in range(cfg.num_res_blocks)]
+            attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
+            last = level == len(cfg.ch_mult) - 1
+            self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out)))
+            width = out
+        self.mid = Middle(width, g, p)
+        self.norm_out = group_norm(width, g)
+        self.conv_out = nn.Conv2d(width, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        h = self.mid(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, z_channels, h, w) features → (B, 3, h·f, w·f) pixels (unbounded; ≈[-1, 1] once trained)."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        g, p = cfg.norm_groups, cfg.dropout
+        width = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, width, 3, padding=1)
+        self.mid = Middle(width, g, p)
+        up = []
+        for level in reversed(range(len(cfg.ch_mult))):
+            out = cfg.ch * cfg.ch_mult[level]
+            blocks = [ResnetBlock(width if i == 0 else out, out, g, p) for i in range(cfg.num_res_blocks + 1)]
+            attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
+            up.insert(0, Level(blocks, attns, upsample=None if level == 0 else Upsample(out)))
+            width = out
+        self.up = nn.ModuleList(up)  # indexed by level as in taming: up[0] is full resolution
+        self.norm_out = group_norm(width, g)
+        self.conv_out = nn.Conv2d(width, cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+# ----------------------------------------------------------------------------- vector quantizer
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code lookup with a straight-through gradient, the VQ-VAE losses, and dead-code restart.
+
+    Codebook collapse (most codes never chosen, so they never move) is the classic failure of
+    VQ training. The quantizer counts how often each code is chosen while training (`usage`, a
+    non-persistent buffer, so checkpoints keep taming's layout); the trainer periodically calls
+    `restart_dead_codes`, which moves codes chosen fewer than `min_count` times since the last
+    call onto randomly picked encoder outputs, where they will be chosen again.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, beta: float):
+        super().__init__()
+        self.beta = beta
+        self.embedding = nn.Embedding(codebook_size, dim)
+        self.embedding.weight.data.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)  # taming's init
+        self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def nearest(self, z_flat: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Index of the nearest code (squared L2) for each row of z_flat (N, D) → (N,), in float32
+        and in chunks so that N × codebook_size distances never sit in memory at once."""
+        e = self.embedding.weight.float()  # (K, D)
+        e_sq = (e * e).sum(1)  # (K,)
+        # |z - e|² = |z|² - 2 z·e + |e|²; |z|² is the same for every code of a row, so argmin drops it
+        return torch.cat([(e_sq - 2 * z.float() @ e.t()).argmin(1) for z in z_flat.split(chunk)])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (B, D, h, w) → (z_q with straight-through gradient (B, D, h, w), VQ loss, codes (B, h, w))."""
+        B, D, h, w = z.shape
+        codes = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, D))  # (B*h*w,)
+        z_q = self.embedding(codes).view(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
+        # codebook term moves codes to the encoder outputs; commitment term (beta) the reverse
+        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+        if self.training:
+            self.usage += torch.bincount(codes, minlength=self.usage.numel())
+        z_q = z + (z_q - z).detach()  # forward value z_q, gradient straight through to z
+        return z_q, loss, codes.view(B, h, w)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) → code vectors (B, D, h, w)."""
+        return self.embedding(codes).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latents: torch.Tensor, min_count: int = 1) -> int:
+        """Re-seed codes chosen < min_count times since the last call from latents (N, D); reset the counts.
+
+        Returns how many codes moved. Under DDP, all-reduce `usage` before and broadcast the
+        codebook from one rank after, so that every rank ends with the same codes.
+        """
+        dead = (self.usage < min_count).nonzero().squeeze(1)  # (n_dead,)
+        if len(dead):
+            pick = torch.randint(len(latents), (len(dead),), device=latents.device)
+            new = latents[pick].float()
+            new = new + 0.01 * new.std() * torch.randn_like(new)  # distinct even when a latent is picked twice
+            self.embedding.weight[dead] = new.to(self.embedding.weight)
+        self.usage.zero_()
+        return len(dead)
+
+
+# ----------------------------------------------------------------------------- the VQ-GAN
+
+class VQGAN(nn.Module):
+    """Encoder → quant_conv → VectorQuantizer → post_quant_conv → Decoder, as taming's VQModel.
+
+    Images are float (B, 3, H, W) in [-1, 1]; codes are int64 (B, H/f, W/f) below codebook_size.
+    """
+
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.quantize = VectorQuantizer(config.codebook_size, config.embed_dim, config.beta)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.decoder = Decoder(config)
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) → continuous latents before quantization (B, embed_dim, h, w)."""
+        return self.quant_conv(self.encoder(images))
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """quantized latents (B, embed_dim, h, w) → images (B, 3, H, W), unclamped."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction (B, 3, H, W) unclamped, VQ loss, codes (B, h, w))."""
+        z_q, vq_loss, codes = self.quantize(self.encode_latents(images))
+        return self.decode_latents(z_q), vq_loss, codes
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images float (B, 3, H, W) in [-1, 1], H and W multiples of the downsampling → codes (B, h, w)."""
+        self._check_images(images)
+        weight = self.quant_conv.weight
+        z = self.encode_latents(images.to(weight.device, weight.dtype))  # (B, D, h, w)
+        B, D, h, w = z.shape
+        return self.quantize.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w), any integer dtype (uint16 shards included) → images (B, 3, h·f, w·f) in [-1, 1]."""
+        if codes.dim() != 3:
+            raise ValueError(f"decode expects codes of shape (B, h, w), got {tuple(codes.shape)}")
+        codes = codes.to(self.quant_conv.weight.device, torch.long)
+        if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < self.config.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        return self.decode_latents(self.quantize.lookup(codes)).clamp(-1, 1)
+
+    def encode_video(self, videos: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """videos (B, T, 3, H, W) → codes (B, T, h, w); every frame coded alone, batch_size frames at a time."""
+        B, T = videos.shape[:2]
+        frames = videos.reshape(B * T, *videos.shape[2:])  # (B*T, 3, H, W)
+        codes = torch.cat([self.encode(chunk) for chunk in frames.split(batch_size)])
+        return codes.view(B, T, *codes.shape[1:])
+
+    def decode_video(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """codes (B, T, h, w) → videos (B, T, 3, H, W) in [-1, 1], batch_size frames at a time."""
+        if codes.dim() != 4:
+            raise ValueError(f"decode_video expects codes of shape (B, T, h, w), got {tuple(codes.shape)}")
+        B, T = codes.shape[:2]
+        frames = torch.cat([self.decode(chunk) for chunk in codes.reshape(B * T, *codes.shape[2:]).split(batch_size)])
+        return frames.view(B, T, *frames.shape[1:])
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected images (B, {self.config.in_channels}, H, W), got {tuple(images.shape)}")
+        f = self.config.downsample
+        if images.shape[2] % f or images.shape[3] % f:
+            raise ValueError(f"image size {tuple(images.shape[2:])} is not a multiple of the downsampling {f}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected float images in [-1, 1], got dtype {images.dtype}")
+        if images.numel() and images.abs().max() > 1.01:
+            raise ValueError(f"images must be scaled to [-1, 1]; got values up to {float(images.abs().max()):.3g}")
+
+    # ------------------------------------------------------------------------- identity and storage
+
+    def fingerprint(self) -> str:
+        """Short sha256 of config and weights: preprocessing writes it into shard manifests, and the
+        trainer compares it, so codes are never decoded by a different tokenizer than made them."""
+        digest = hashlib.sha256(json.dumps(typed_config.to_dict(self.config), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            if tensor.is_floating_point():
+                tensor = tensor.float()  # the same weights give the same identity in fp32 and bf16 copies
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `model.safetensors` and `config.json` into directory, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        config = json.dumps(typed_config.to_dict(self.config), indent=2) + "\n"
+        _atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(config))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "VQGAN":
+        """Load a directory written by `save_pretrained` (safetensors only; no pickle)."""
+        directory = Path(directory)
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; expected a directory written by VQGAN.save_pretrained")
+        try:
+            config = typed_config.from_dict(VQGANConfig, json.loads(config_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON (truncated?): {e}") from None
+        try:
+            state = load_file(weights_path)
+        except SafetensorError as e:
+            raise ValueError(f"{weights_path} is truncated or not a safetensors file ({e})") from None
+        model = cls(config)
+        load_checked(model, state, str(weights_path))
+        return model
+
+    @classmethod
+    def from_taming(cls, path: str | Path, config: VQGANConfig | None = None, **overrides) -> "VQGAN":
+        """Load a taming-transformers `VQModel` checkpoint (a Lightning .ckpt holding `state_dict`,
+        or a bare state dict). Without `config` the architecture is read from the tensor shapes;
+        `overrides` adjust what shapes cannot tell (`resolution`, `norm_groups`, `beta`)."""
+        state = taming_to_vqgan(load_torch_checkpoint(path))
+        config = config or infer_taming_config(state, str(path), **overrides)
+        model = cls(config)
+        load_checked(model, state, str(path))
+        return model
+
+
+# ----------------------------------------------------------------------------- checkpoint loading
+
+_TAMING_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.embedding.")
+
+
+def taming_to_vqgan(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The one key mapping from a taming `VQModel` checkpoint to our state dict.
+
+    Our module names equal taming's, so the mapping unwraps Lightning's `state_dict` and drops
+    the training loss (`loss.*`: taming's LPIPS and discriminator), which the tokenizer does not
+    need. Every other key is kept, so that an unrelated checkpoint fails loudly in `load_checked`.
+    """
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a state dict, got {type(state).__name__}")
+    return {k: v for k, v in state.items() if not k.startswith("loss.")}
+
+
+def infer_taming_config(state: dict[str, torch.Tensor], source: str, **overrides) -> VQGANConfig:
+    """Read the architecture off a taming state dict's shapes.
+
+    Shapes cannot tell the training resolution nor GroupNorm's groups: the resolution defaults to
+    NÜWA's grid for the downsampling (f16: 21×21 codes at 336 px; otherwise 32×32 codes, so f8 at
+    256 px) and the groups to taming's 32.
+    """
+    missing = [k for k in ("encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_out.weight",
+                           "quantize.embedding.weight") if k not in state]
+    if missing:
+        raise ValueError(f"{source} is not a taming VQModel checkpoint: missing {', '.join(missing)} "
+                         f"(it has {len(state)} keys, e.g. {', '.join(list(state)[:5])})")
+    levels = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    ch = state["encoder.conv_in.weight"].shape[0]
+    num_res_blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    inferred = dict(
+        in_channels=state["encoder.conv_in.weight"].shape[1],
+        out_channels=state["decoder.conv_out.weight"].shape[0],
+        ch=ch,
+        ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels)),
+        num_res_blocks=num_res_blocks,
+        attn_levels=tuple(i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state),
+        z_channels=state["encoder.conv_out.weight"].shape[0],
+        embed_dim=state["quantize.embedding.weight"].shape[1],
+        codebook_size=state["quantize.embedding.weight"].shape[0],
+        resolution=2 ** (levels - 1) * (21 if levels == 5 else 32),
+    )
+    return VQGANConfig(**{**inferred, **overrides})
+
+
+def load_checked(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """load_state_dict that names every missing, unexpected and wrongly shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    not_tensor = sorted(k for k in set(state) & set(expected) if not isinstance(state[k], torch.Tensor))
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                for k in sorted(set(state) & set(expected)) if k not in not_tensor and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped or not_tensor:
+        def listed(keys):
+            return ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = [f"{label} keys: {listed(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", reshaped),
+                  ("non-tensor", not_tensor)) if keys]
+        raise ValueError(f"{source} does not match the {type(model).__name__} architecture; " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True, also for Lightning checkpoints that pickle Python objects.
+
+    Old Lightning .ckpt files (taming's among them) hold non-tensor metadata: callback classes as
+    dict keys, hyper-parameter namespaces, numpy scalars. weights_only=True refuses them. We then
+    list those globals (torch reads the names without unpickling) and let the safe unpickler build
+    an inert placeholder in their place: no code of theirs runs, and torch keeps refusing modules
+    it blocks outright (os, subprocess, …), so a hostile file still fails.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+        raise ValueError(f"{path} holds Python objects that cannot be loaded safely (weights_only=True): {reason} "
+                         "If you trust the file, re-save its state_dict alone with torch.save and load that.") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({str(e).split('. ')[0]})") from None
+
+
+def _placeholder(name: str) -> type:
+    """An inert stand-in class for a pickled global we do not need (it ignores its arguments)."""
+    return type(name.rsplit(".", 1)[-1], (), {"__init__": lambda self, *a, **k: None,
+                                               "__setstate__": lambda self, state: None,
+                                               "__module__": "placeholder"})
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside path, then rename it over path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

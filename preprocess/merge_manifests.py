@@ -1,0 +1,45 @@
+"""Join the manifests that `--num-splits K` runs wrote into one folder into its manifest.json.
+
+    python preprocess/merge_manifests.py codes/images
+
+Refuses (and writes nothing) when a split is missing or was run twice, or when the splits
+disagree on settings (VQ-GAN, tokenizer, sampling). The result equals the manifest of a
+single run over the whole dataset.
+"""
+import os
+import sys
+
+# `python preprocess/<script>.py` puts preprocess/ first on sys.path, where our tokenize.py would
+# shadow the standard library's tokenize: drop that entry.
+if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from preprocess.shards import MANIFEST, ShardWriter, merge_manifests  # noqa: E402
+
+
+def merge_folder(folder: str | Path) -> dict:
+    """Merge every manifest.split-*.json in `folder` into `folder`/manifest.json; returns it."""
+    paths = sorted(Path(folder).glob("manifest.split-*.json"))
+    manifest = merge_manifests([json.loads(p.read_text(encoding="utf-8")) for p in paths])
+    missing = [s["name"] for s in manifest["shards"] if not (Path(folder) / s["name"]).is_dir()]
+    if missing:
+        raise ValueError(f"{folder} lacks {len(missing)} shards listed by the splits, e.g. {missing[:3]}")
+    ShardWriter(folder).write_manifest(manifest, MANIFEST)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="shard folder holding the outputs of all splits")
+    folder = parser.parse_args(argv).folder
+    manifest = merge_folder(folder)
+    print(f"merged {len(manifest['units'])} units: "
+          f"{manifest['num_samples']} samples, {manifest['num_skipped']} skipped → {Path(folder) / MANIFEST}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Readers of raw captioned media and the image/video decoding that turns them into pixels.
+
+Inputs are either webdataset tars laid out as img2dataset / video2dataset write them
+(`{key}.jpg|jpeg|png|webp` or `{key}.mp4|webm|avi`, caption in `{key}.txt` or the "caption"
+field of `{key}.json`; local paths or brace patterns such as `data/{00000..00099}.tar`), or an
+index file (`.csv` with a header, or `.jsonl`) of `path,caption` rows whose paths are relative
+to the index file's folder. Inputs are cut into units (one tar, or a block of index rows) that
+are read independently, so worker processes and machines can share them without talking.
+
+Bad input never stops a run: an item that cannot be used is reported as a `Skip` with one of
+the SKIP_REASONS, and a caption that is missing or not UTF-8 is kept (empty, or decoded with
+replacement characters) and flagged. A tar whose structure breaks mid-way yields what it held
+before the break plus one BROKEN_TAR skip naming the member where it broke; what lies after
+the break cannot be counted.
+
+Image pipeline (reused by the VQ-GAN trainer): `decode_image` (bytes → RGB PIL image; CMYK,
+paletted, grayscale, 16-bit and alpha images converted, alpha composited on white),
+`resize_center_crop` (short side to the resolution, centre crop), `image_to_tensor`
+(float [3, H, W] in [-1, 1]); `load_image` chains the three.
+
+Video clip sampling rule (`ClipSampling`): clip c of a video covers
+[start + c·L, start + (c+1)·L) with L = num_frames / fps (4 s for 10 frames at 2.5 fps); its
+frame j is the video frame on screen at time t = start + c·L + j / fps, i.e. the last frame
+whose presentation timestamp is ≤ t (1 ms tolerance). A clip exists only if the video lasts to
+its end; up to `max_clips` consecutive clips are taken per video, and a video with none is
+skipped as VIDEO_TOO_SHORT. decord is imported and its readers opened only inside the
+function that decodes, i.e. in the worker processes: a reader created before a fork can
+deadlock, and a decord loaded before PyAV breaks PyAV's VP8 encoder in the same process.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import logging
+import struct
+import tarfile
+import warnings
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+VIDEO_EXTENSIONS = ("mp4", "webm", "avi")
+MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+INDEX_SUFFIXES = (".csv", ".jsonl")
+
+ZERO_BYTE = "zero_byte_file"
+CORRUPT_IMAGE = "corrupt_image"
+DECOMPRESSION_BOMB = "decompression_bomb"
+CORRUPT_VIDEO = "corrupt_video"
+VIDEO_TOO_SHORT = "video_too_short"
+BROKEN_TAR = "broken_tar"
+NO_MEDIA = "no_media"
+MISSING_FILE = "missing_file"
+DECODE_ERROR = "decode_error"  # a decoder failed otherwise (the exception's type is in the detail)
+SKIP_REASONS = (ZERO_BYTE, CORRUPT_IMAGE, DECOMPRESSION_BOMB, CORRUPT_VIDEO, VIDEO_TOO_SHORT, BROKEN_TAR,
+                NO_MEDIA, MISSING_FILE, DECODE_ERROR)
+CAPTION_MISSING = "caption_missing"
+CAPTION_NON_UTF8 = "caption_non_utf8"
+
+
+class SkipInput(Exception):
+    """An input that cannot be used; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class InputUnit:
+    """One independently readable piece of input: a whole tar, or rows [start, stop) of an index file."""
+
+    source: str
+    rows: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass
+class RawItem:
+    """One input's still-encoded media and its caption (None when missing)."""
+
+    key: str
+    media: bytes
+    caption: str | None
+    caption_issue: str | None  # CAPTION_MISSING, CAPTION_NON_UTF8 or None
+
+
+@dataclasses.dataclass
+class Skip:
+    """An input that produced nothing, with why."""
+
+    key: str
+    reason: str
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------- images
+
+
+def decode_image(data: bytes, max_pixels: int | None = Image.MAX_IMAGE_PIXELS, min_side: int | None = None
+                 ) -> Image.Image:
+    """Encoded bytes → RGB image, or SkipInput (zero bytes, undecodable/truncated, over `max_pixels`).
+
+    With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
+    sides ≥ min_side: several times faster on large photos that are resized down anyway."""
+    if not data:
+        raise SkipInput(ZERO_BYTE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise SkipInput(DECOMPRESSION_BOMB, f"{image.width}x{image.height} > {max_pixels} pixels")
+            if min_side is not None and image.format == "JPEG":
+                image.draft(None, (min_side, min_side))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SkipInput(DECOMPRESSION_BOMB, str(error)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:  # struct: some cut headers
+        raise SkipInput(CORRUPT_IMAGE, str(error)) from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB: alpha composited on white, 16/32-bit grey scaled to 8 bits (÷257)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.asarray(image).astype(np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is `size` (bicubic, antialiased), then crop the centre size × size."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def uint8_to_model(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float in [-1, 1], the VQ-GAN's input range."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image → float [3, H, W] in [-1, 1]."""
+    return uint8_to_model(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+
+
+def load_image(data: bytes, resolution: int) -> torch.Tensor:
+    """Encoded image bytes → float [3, resolution, resolution] in [-1, 1] (raises SkipInput)."""
+    return image_to_tensor(resize_center_crop(decode_image(data, min_side=resolution), resolution))
+
+
+def image_pixels(data: bytes, resolution: int) -> np.ndarray:
+    """Encoded image bytes → uint8 [3, resolution, resolution], what workers send to the encoder."""
+    image = resize_center_crop(decode_image(data, min_side=resolution), resolution)
+    return np.asarray(image).transpose(2, 0, 1).copy()
+
+
+# ---------------------------------------------------------------------------------------- videos
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+    """Which frames make a clip (see the module docstring for the rule)."""
+
+    num_frames: int = 10
+    fps: float = 2.5
+    start: float = 0.0  # seconds skipped at the beginning of every video
+    max_clips: int = 1  # consecutive, non-overlapping clips taken per video
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+
+def clip_frame_indices(frame_starts: np.ndarray, duration: float, sampling: ClipSampling) -> list[list[int]]:
+    """Frame indices of each clip that fits in a video with these presentation timestamps."""
+    clips = []
+    for c in range(sampling.max_clips):
+        clip_start = sampling.start + c * sampling.seconds
+        if clip_start + sampling.seconds > duration + 1e-3:
+            break
+        times = clip_start + np.arange(sampling.num_frames) / sampling.fps
+        indices = np.searchsorted(frame_starts, times + 1e-3, side="right") - 1
+        clips.append([int(i) for i in np.clip(indices, 0, len(frame_starts) - 1)])
+    return clips
+
+
+def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
+    """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput)."""
+    import decord
+
+    if not data:
+        raise SkipInput(ZERO_BYTE)
+    decord.logging.set_level(decord.logging.QUIET)
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+        if len(reader) == 0:
+            raise SkipInput(CORRUPT_VIDEO, "no frames")
+        timestamps = np.asarray(reader.get_frame_timestamp(list(range(len(reader)))), dtype=np.float64)
+        clips = clip_frame_indices(timestamps[:, 0], float(timestamps[-1, 1]), sampling)
+        if not clips:
+            raise SkipInput(VIDEO_TOO_SHORT, f"{timestamps[-1, 1]:.2f} s < {sampling.start + sampling.seconds:.2f} s "
+                                             f"needed from {sampling.start:.2f} s on")
+        wanted = sorted({i for clip in clips for i in clip})
+        frames = dict(zip(wanted, reader.get_batch(wanted).asnumpy()))
+    except (RuntimeError, decord.DECORDError) as error:
+        raise SkipInput(CORRUPT_VIDEO, str(error).splitlines()[0][:200]) from None
+    return [np.stack([np.asarray(resize_center_crop(Image.fromarray(frames[i]), resolution)).transpose(2, 0, 1)
+                      for i in clip]) for clip in clips]
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Expand brace patterns (`data/{00000..00099}.tar`) in the given order."""
+    return [path for pattern in inputs for path in wds.shardlists.expand_urls(pattern)]
+
+
+def list_units(inputs: list[str], rows_per_unit: int) -> list[InputUnit]:
+    """Cut the inputs into units: each tar is one, index files give blocks of `rows_per_unit` rows.
+    A missing input file is an error (a typo in a pattern), not a skip."""
+    paths = expand_inputs(inputs)
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} inputs are not local files, e.g. {missing[:3]}")
+    units = []
+    for path in paths:
+        if path.endswith(TAR_SUFFIXES):
+            units.append(InputUnit(path))
+        elif path.endswith(INDEX_SUFFIXES):
+            count = len(read_index(path))
+            units += [InputUnit(path, (a, min(a + rows_per_unit, count))) for a in range(0, count, rows_per_unit)]
+        else:
+            raise ValueError(f"{path}: not a tar ({', '.join(TAR_SUFFIXES)}) "
+                             f"or an index file ({', '.join(INDEX_SUFFIXES)})")
+    return units
+
+
+def decode_caption(data: bytes | None) -> tuple[str | None, str | None]:
+    """Caption bytes → (text or None, issue or None); not-UTF-8 bytes are decoded with replacement."""
+    if data is None:
+        return None, CAPTION_MISSING
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace").strip(), CAPTION_NON_UTF8
+    text = text.strip()
+    return (text, None) if text else (None, CAPTION_MISSING)
+
+
+def _json_caption(data: bytes) -> bytes | None:
+    try:
+        meta = json.loads(data.decode("utf-8", errors="surrogateescape"))
+    except ValueError:
+        return None
+    value = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+    return value.encode("utf-8", errors="surrogateescape") if isinstance(value, str) else None
+
+
+def sample_caption(sample: dict) -> tuple[str | None, str | None]:
+    """Caption of a webdataset sample: `.txt`, else the "caption" (or "text") field of `.json`."""
+    if "txt" in sample:
+        return decode_caption(sample["txt"])
+    return decode_caption(_json_caption(sample["json"]) if "json" in sample else None)
+
+
+class BrokenTar(Exception):
+    """The tar's structure broke; `key` names the sample being read when it did."""
+
+    def __init__(self, key: str, detail: str):
+        super().__init__(detail)
+        self.key = key
+
+
+def _tar_members(path: str) -> Iterator[dict]:
+    """Regular members as webdataset file samples; raises BrokenTar on any damage, also after a
+    bad header that tarfile (Python < 3.12) silently takes for the end (the rest must be zeros).
+    Before raising, an end-of-shard marker makes group_by_keys release the last complete sample."""
+    current = reading = None  # key of the last sample yielded from; member being read
+    with open(path, "rb") as file:
+        try:
+            tar = tarfile.open(fileobj=file, mode="r:*")
+            for info in tar:
+                reading = info.name
+                if info.isreg():
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        raise tarfile.ReadError(f"member {info.name} holds {len(data)} of {info.size} bytes")
+                    yield {"fname": info.name, "data": data, "__url__": path}
+                    current = _sample_key(info.name)
+                tar.members = []
+                reading = None
+            tar.fileobj.seek(tar.offset)
+            while chunk := tar.fileobj.read(1 << 20):
+                if chunk.strip(b"\0"):
+                    raise tarfile.ReadError(f"unreadable header at byte {tar.offset}")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            broken = _sample_key(reading) if reading else None
+            if current is not None and current != broken:
+                yield {}
+            where = f"in member {reading}" if reading else f"after the samples up to {current or 'none'}"
+            raise BrokenTar(broken or f"{Path(path).name}:{current or ''}+", f"{error} ({where})") from None
+
+
+def _sample_key(member: str) -> str:
+    return wds.tariterators.base_plus_ext(member)[0] or member
+
+
+def iter_tar(path: str, modality: str) -> Iterator[RawItem | Skip]:
+    """Samples of one tar in tar order, grouped by key with webdataset."""
+    extensions = MEDIA_EXTENSIONS[modality]
+    try:
+        for sample in wds.tariterators.group_by_keys(_tar_members(path)):
+            key = sample["__key__"]
+            ext = next((e for e in extensions if e in sample), None)
+            if ext is None:
+                yield Skip(key, NO_MEDIA, f"members {sorted(k for k in sample if not k.startswith('__'))}")
+                continue
+            yield RawItem(key, sample[ext], *sample_caption(sample))
+    except BrokenTar as error:
+        yield Skip(error.key, BROKEN_TAR, str(error))
+    except ValueError as error:  # group_by_keys: a file name twice in one sample
+        yield Skip(path, BROKEN_TAR, str(error))
+
+
+@functools.lru_cache(maxsize=2)  # every unit of an index file reads it; parse it once per process
+def read_index(path: str) -> list[dict]:
+    """Rows of a CSV (header with `path` and `caption`) or JSONL index; caption bytes kept raw so
+    that a not-UTF-8 caption is detected per row."""
+    text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
+    if path.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        if rows and "path" not in rows[0]:
+            raise ValueError(f"{path}: the CSV header needs a `path` column (and `caption`), got {list(rows[0])}")
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [{"path": row["path"], "caption": row.get("caption")} for row in rows]
+
+
+def iter_index(path: str, rows: tuple[int, int]) -> Iterator[RawItem | Skip]:
+    """Rows [start, stop) of an index file; the key of a row is its media path."""
+    root = Path(path).parent
+    for row in read_index(path)[rows[0] : rows[1]]:
+        key = row["path"]
+        caption = row["caption"]
+        try:
+            media = (root / key).read_bytes()
+        except OSError as error:
+            yield Skip(key, MISSING_FILE, str(error))
+            continue
+        raw = caption.encode("utf-8", errors="surrogateescape") if isinstance(caption, str) else None
+        yield RawItem(key, media, *decode_caption(raw))
+
+
+def iter_unit(unit: InputUnit, modality: str) -> Iterator[RawItem | Skip]:
+    """Every input of a unit, in order, as a RawItem or a Skip."""
+    if unit.rows is None:
+        return iter_tar(unit.source, modality)
+    return iter_index(unit.source, unit.rows)
+
+
+def iter_captions(inputs: list[str]) -> Iterator[str]:
+    """Every non-empty caption of tars, index files or `.txt` files (one caption per line)."""
+    for path in expand_inputs(inputs):
+        if path.endswith(".txt"):
+            lines = Path(path).read_bytes().splitlines()
+            yield from (text for text, _ in map(decode_caption, lines) if text)
+        elif path.endswith(INDEX_SUFFIXES):
+            for row in read_index(path):
+                raw = row["caption"].encode("utf-8", errors="surrogateescape") if row["caption"] else None
+                text, _ = decode_caption(raw)
+                if text:
+                    yield text
+        elif path.endswith(TAR_SUFFIXES):
+            try:
+                for sample in wds.tariterators.group_by_keys(_tar_members(path)):
+                    text, _ = sample_caption(sample)
+                    if text:
+                        yield text
+            except (BrokenTar, ValueError) as error:
+                logging.warning("%s: captions after the break are not read: %s", path, error)
+        else:
+            raise ValueError(f"{path}: captions come from .txt, {', '.join(INDEX_SUFFIXES)} or tar files")

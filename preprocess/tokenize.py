@@ -1,0 +1,55 @@
+"""Tokenize a captioned image or video dataset into code shards (see preprocess/pipeline.py).
+
+    python preprocess/tokenize.py --modality image --input 'data/{00000..00099}.tar' --output codes/images \
+        --vqgan runs/vqgan --tokenizer tok/captions.model --workers 8 --device cuda
+
+Re-running the same command finishes an interrupted run and rewrites nothing. To split one
+dataset over K machines, run split i of K on each (`--num-splits K --split i`, or RANK and
+WORLD_SIZE in the environment), gather the outputs in one folder, and join the manifests with
+`python preprocess/merge_manifests.py FOLDER`.
+"""
+import os
+import sys
+
+# `python preprocess/tokenize.py` puts preprocess/ first on sys.path, where this file would shadow
+# the standard library's tokenize (imported by inspect, linecache, torch): drop that entry.
+if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+
+from preprocess.pipeline import TokenizeConfig, tokenize_dataset  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
+    defaults = TokenizeConfig("image", [], "", "", "")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=["image", "video"], required=True)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="tars (brace patterns ok) and/or .csv/.jsonl indexes")
+    parser.add_argument("--output", required=True, help="shard folder (created; re-runs resume)")
+    parser.add_argument("--vqgan", required=True, help="folder written by VQGAN.save_pretrained")
+    parser.add_argument("--tokenizer", required=True, help="sentencepiece .model from preprocess/train_tokenizer.py")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="decoding processes (0: in-process)")
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="samples per shard")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per VQ-GAN batch")
+    parser.add_argument("--num-splits", type=int, default=None, help="default: $WORLD_SIZE or 1")
+    parser.add_argument("--split", type=int, default=None, help="default: $RANK or 0")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, …")
+    parser.add_argument("--threads", type=int, default=None, help="CPU encoder threads (default: cores − workers)")
+    parser.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video clip")
+    parser.add_argument("--frame-rate", type=float, default=defaults.frame_rate, help="clip frames per second")
+    parser.add_argument("--clip-start", type=float, default=defaults.clip_start, help="seconds skipped per video")
+    parser.add_argument("--clips-per-video", type=int, default=defaults.clips_per_video,
+                        help="consecutive clips taken from long videos (keys get #0, #1, … when > 1)")
+    args = parser.parse_args(argv)
+    num_splits = args.num_splits if args.num_splits is not None else int(os.environ.get("WORLD_SIZE", 1))
+    split = args.split if args.split is not None else int(os.environ.get("RANK", 0))
+    return TokenizeConfig(args.modality, args.input, args.output, args.vqgan, args.tokenizer, workers=args.workers,
+                          shard_size=args.shard_size, batch_size=args.batch_size, num_splits=num_splits, split=split,
+                          device=args.device, threads=args.threads, num_frames=args.num_frames,
+                          frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video)
+
+
+if __name__ == "__main__":
+    tokenize_dataset(parse_args())

@@ -1,0 +1,62 @@
+"""Train the caption tokenizer: sentencepiece BPE on lower-cased captions.
+
+    python preprocess/train_tokenizer.py --input 'data/{00000..00009}.tar' captions.csv \
+        --output tok/captions --vocab-size 8192
+
+writes tok/captions.model and tok/captions.vocab (atomically). Ids 0-3 are pad, unk, bos, eos,
+and "None" is a piece of its own (the V2V condition, see preprocess/text.py). The vocabulary
+size is an upper bound: a small corpus (the demo's) yields fewer pieces instead of failing.
+Training reads every caption and uses one thread, so the model is the same bytes on every run.
+"""
+import os
+import sys
+
+# `python preprocess/<script>.py` puts preprocess/ first on sys.path, where our tokenize.py would
+# shadow the standard library's tokenize (imported by inspect, linecache, torch): drop that entry.
+if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import sentencepiece as spm  # noqa: E402
+
+from preprocess.readers import iter_captions  # noqa: E402
+from preprocess.text import BOS_ID, EOS_ID, NONE_TEXT, PAD_ID, UNK_ID, CaptionTokenizer  # noqa: E402
+
+
+def train_tokenizer(inputs: list[str], output_prefix: str | Path, vocab_size: int = 8192) -> CaptionTokenizer:
+    """Train on the lower-cased captions of `inputs`; returns the loaded tokenizer."""
+    captions = [text.lower() for text in iter_captions(inputs)]
+    if not captions:
+        raise ValueError(f"no captions found in {inputs}")
+    model = io.BytesIO()  # in memory: a model_prefix would be recorded in the model and change its bytes
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, user_defined_symbols=[NONE_TEXT],
+        character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i) + 0.0:g}\n"
+                    for i in range(processor.get_piece_size()))
+    prefix = Path(output_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, data in ((".vocab", vocab.encode()), (".model", model.getvalue())):
+        tmp = Path(f"{prefix}{suffix}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, f"{prefix}{suffix}")
+    return CaptionTokenizer(f"{prefix}.model")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, help="tars (brace patterns ok), .csv/.jsonl indexes, .txt")
+    parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model and PREFIX.vocab")
+    parser.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the number of pieces")
+    args = parser.parse_args(argv)
+    tokenizer = train_tokenizer(args.input, args.output, args.vocab_size)
+    print(f"tokenizer: {tokenizer.vocab_size} pieces, fingerprint {tokenizer.fingerprint()} → {args.output}.model")
+
+
+if __name__ == "__main__":
+    main()

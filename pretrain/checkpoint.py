@@ -1,0 +1,117 @@
+"""Checkpoints: a DeepSpeed checkpoint per tag plus the trainer state, the run's config and a marker.
+
+Layout: `{output_dir}/checkpoints/step-00001000/` holds DeepSpeed's files and, written last by
+rank 0 once every rank has saved, `trainer_state.json` (step, data position, counters, the
+resolved config). A tag without that file is incomplete and never resumed from. Resume needs
+no flags beyond the path: the checkpoint describes itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+
+from pretrain.config import TASKS
+
+STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from: unreadable, truncated, or of another layout."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer moments that a resume needs."""
+    step: int = 0
+    micro_step: int = 0
+    """Micro-steps drawn so far (skipped bad batches included): the task sequence position."""
+    consumed: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TASKS})
+    """Global samples taken from each task's stream: the data position."""
+    tokens_seen: int = 0
+    skipped_batches: int = 0
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_tags(folder: Path) -> list[Path]:
+    """Complete checkpoint folders in `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_last: int) -> Path:
+    """Collective: every rank saves its shard; rank 0 then marks the tag complete and prunes old ones."""
+    folder = checkpoint_dir(output_dir)
+    tag = tag_for(state.step)
+    engine.save_checkpoint(str(folder), tag=tag, client_state={"trainer_state": asdict(state)})
+    dist.barrier()
+    if dist.get_rank() == 0:
+        text = json.dumps({"state": asdict(state), "config": config}, indent=1, sort_keys=True)
+        tmp = folder / tag / f".{STATE_FILE}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / tag / STATE_FILE)
+        for old in complete_tags(folder)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old)
+    dist.barrier()
+    return folder / tag
+
+
+def resolve(path: str | Path | None, output_dir: str | Path) -> Path | None:
+    """`auto` → the newest complete tag of this run (or None); a tag folder; or a checkpoints folder."""
+    if path is None:
+        return None
+    if str(path) == "auto":
+        tags = complete_tags(checkpoint_dir(output_dir))
+        return tags[-1] if tags else None
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {path}: no such file or folder")
+    if (path / STATE_FILE).is_file():
+        return path
+    tags = complete_tags(path) or complete_tags(path / "checkpoints")
+    if not tags:
+        raise FileNotFoundError(f"--resume {path}: no complete checkpoint there (a tag folder holds {STATE_FILE})")
+    return tags[-1]
+
+
+def read_marker(tag_dir: Path) -> dict:
+    try:
+        return json.loads((tag_dir / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {tag_dir}: unreadable {STATE_FILE}: {e}") from e
+
+
+def check_same_model(saved: dict, current: dict, tag_dir: Path) -> None:
+    """Refuse a checkpoint of another model shape before anything is loaded or overwritten."""
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in current.items()
+             if k not in ("activation_checkpointing", "attention_backend", "dropout") and saved.get(k) != v]
+    if diffs:
+        raise ValueError(f"checkpoint {tag_dir} was trained with another model config: " + "; ".join(diffs))
+
+
+def load(engine, tag_dir: Path, model_config: dict, load_optimizer: bool = True) -> TrainState:
+    """Load weights, optimizer and trainer state from a complete tag folder."""
+    marker = read_marker(tag_dir)
+    check_same_model(marker["config"]["model"], model_config, tag_dir)
+    try:
+        load_path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                   load_optimizer_states=load_optimizer,
+                                                   load_lr_scheduler_states=load_optimizer)
+    except Exception as e:  # DeepSpeed/torch raise many kinds for truncated or foreign files
+        raise CheckpointError(f"checkpoint {tag_dir} could not be loaded ({type(e).__name__}: {e}); "
+                           f"it may be truncated or from another DeepSpeed layout") from e
+    if load_path is None:
+        raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed found no model states to load")
+    return TrainState(**client["trainer_state"])

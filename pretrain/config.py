@@ -1,0 +1,119 @@
+"""The pre-training config: one typed section per component, composed into `PretrainConfig`.
+
+Files (YAML/JSON) and `--section.key value` overrides go through `model.typed_config`, so
+unknown keys and wrong types are errors. The model section takes a `preset` key
+(`model: {preset: tiny, decoder_layers: 4}`); the rest of it overrides that preset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from model import typed_config
+from model.config import PRESETS, NuwaConfig
+
+TASKS = ("t2i", "v2v", "t2v")
+
+
+@dataclass
+class Stage:
+    """Task weights in force from `start_step` on (a curriculum is a list of stages)."""
+    start_step: int = 0
+    weights: dict[str, float] = field(default_factory=lambda: {"t2i": 1.0, "v2v": 1.0, "t2v": 1.0})
+
+
+@dataclass
+class DataConfig:
+    image_shards: str = ""
+    """Folder of image code shards (T2I); empty when no task uses images."""
+    video_shards: str = ""
+    """Folder of video code shards (V2V, T2V)."""
+    tokenizer: str = ""
+    """The sentencepiece model the shards were made with (its fingerprint is checked; V2V encodes "None")."""
+    micro_batch: dict[str, int] = field(default_factory=lambda: {"t2i": 8, "v2v": 2, "t2v": 2})
+    """Samples per rank per micro-step, for each task."""
+    schedule: list[Stage] = field(default_factory=lambda: [Stage()])
+    """Task mixing weights by step; the paper trains T2I + V2V first and adds T2V later."""
+    num_workers: int = 2
+    """DataLoader worker processes per task and rank."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate (paper: Adam, 1e-3)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    """AdamW decay on weight matrices and embeddings (dim ≥ 2); biases, norms and <bos> are not decayed."""
+    warmup_fraction: float = 0.05
+    """Linear warm-up over this fraction of `trainer.steps` (paper: 5%)."""
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+    """The decay ends at lr × min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (0 disables)."""
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    """Optimizer steps."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (each draws its own task)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """fp16 uses DeepSpeed's dynamic loss scaling (for GPUs without bf16)."""
+    ds_config: str = "ds_configs/zero2.json"
+    """DeepSpeed engine knobs (ZeRO stage, offload, buckets); batch sizes are injected."""
+    output_dir: str = "runs/nuwa"
+    """Checkpoints, TensorBoard logs, metrics.jsonl and the resolved config go here."""
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    """Checkpoints to keep (older ones are deleted after a new one is complete)."""
+    log_every: int = 10
+    seed: int = 0
+    """Seeds the model init, the task sequence, the data order and dropout."""
+    nan_policy: Literal["skip", "stop"] = "stop"
+    """On a NaN/inf loss: skip that micro-batch (counted, logged) or stop with the step named."""
+    max_consecutive_skips: int = 10
+    """`skip` still stops after this many bad micro-batches in a row."""
+
+
+@dataclass
+class PretrainConfig:
+    model: NuwaConfig = field(default_factory=NuwaConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    preset: str = "nuwa-336"
+    """The model preset the `model` section started from (recorded for conversion and sampling)."""
+
+    def __post_init__(self):
+        for stage in self.data.schedule:
+            unknown = set(stage.weights) - set(TASKS)
+            if unknown:
+                raise ValueError(f"data.schedule: unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
+        missing = set(TASKS) - set(self.data.micro_batch)
+        if missing:
+            raise ValueError(f"data.micro_batch has no size for {sorted(missing)}")
+        if not self.data.schedule or self.data.schedule[0].start_step != 0:
+            raise ValueError("data.schedule must start with a stage at start_step 0")
+
+    def to_dict(self) -> dict:
+        return typed_config.to_dict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> PretrainConfig:
+    """File ← overrides; `model.preset` picks the base preset for the model section."""
+    raw = dict(data or {})
+    if path is not None:
+        raw = typed_config.merge(raw, typed_config.read_file(path))
+    if overrides:
+        raw = typed_config.merge(raw, typed_config.parse_overrides(overrides))
+    model = dict(raw.get("model") or {})
+    preset = model.pop("preset", raw.pop("preset", "nuwa-336"))
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    raw["model"] = {**PRESETS[preset], **model}
+    return typed_config.from_dict(PretrainConfig, {**raw, "preset": preset})

@@ -1,0 +1,143 @@
+"""Multi-task data for pre-training: task sequence, per-task sample streams, loaders.
+
+The whole position of the data stream is `consumed[task]`, a global count of samples taken
+from each task. Global position p of a task maps to sample `order[perm_e[p mod n]]` of epoch
+e = p // n, with a permutation seeded by (seed, task, epoch); micro-step m of the run is task
+`task_at(m)`, drawn from a generator seeded by (seed, m) with the weights in force at that
+step. Both are pure functions of the config and the counts, identical on every rank, so a
+resume — on any number of ranks — continues the same global sequence: each micro-step takes
+the next world_size × micro_batch positions, rank r the r-th slice of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from preprocess.shards import ShardDataset
+from pretrain.config import TASKS, DataConfig
+
+TASK_IDS = {name: i for i, name in enumerate(TASKS)}
+TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video"}
+
+
+def weights_at(config: DataConfig, step: int) -> dict[str, float]:
+    """Task weights of the last schedule stage that started at or before `step`."""
+    stage = max((s for s in config.schedule if s.start_step <= step), key=lambda s: s.start_step)
+    return {task: stage.weights.get(task, 0.0) for task in TASKS}
+
+
+def task_at(config: DataConfig, seed: int, step: int, micro_step: int) -> str:
+    """The task of global micro-step `micro_step` (drawn at optimizer step `step`)."""
+    weights = weights_at(config, step)
+    p = np.array([weights[t] for t in TASKS], dtype=np.float64)
+    if p.sum() <= 0:
+        raise ValueError(f"data.schedule gives every task weight 0 at step {step}")
+    rng = np.random.default_rng([seed, micro_step])
+    return TASKS[rng.choice(len(TASKS), p=p / p.sum())]
+
+
+@dataclass
+class StreamState:
+    """The data position saved with every checkpoint."""
+    consumed: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TASKS})
+
+
+class TaskDataset(Dataset):
+    """One task's view of a shard folder: which samples it may use, and what text they carry."""
+
+    def __init__(self, shards: ShardDataset, task: str, none_text: np.ndarray):
+        self.shards, self.task = shards, task
+        lengths = shards.text_lengths()
+        # T2I/T2V need a caption; V2V uses every video with the constant "None" condition.
+        self.indices = np.arange(len(lengths)) if task == "v2v" else np.flatnonzero(lengths > 0)
+        self.none_text = torch.from_numpy(none_text.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.shards[int(self.indices[i])]
+        text = self.none_text if self.task == "v2v" else torch.from_numpy(sample["text"].astype(np.int64))
+        return {"codes": torch.from_numpy(sample["codes"].astype(np.int64)), "text": text}
+
+
+class GlobalOrderSampler:
+    """Yields this rank's index batches from global position `start` on, forever.
+
+    Indices are positions into a TaskDataset; epochs reshuffle with (seed, task, epoch).
+    """
+
+    def __init__(self, size: int, task: str, seed: int, start: int, micro_batch: int, rank: int, world_size: int):
+        if size == 0:
+            raise ValueError(f"task {task} has no usable samples")
+        self.size, self.task, self.seed = size, task, seed
+        self.start, self.micro_batch, self.rank, self.world_size = start, micro_batch, rank, world_size
+        self._epoch, self._perm = -1, None
+
+    def position_to_index(self, position: int) -> int:
+        epoch = position // self.size
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, TASK_IDS[self.task], epoch])
+            self._epoch, self._perm = epoch, rng.permutation(self.size)
+        return int(self._perm[position % self.size])
+
+    def __iter__(self):
+        position = self.start
+        while True:
+            first = position + self.rank * self.micro_batch
+            yield [self.position_to_index(p) for p in range(first, first + self.micro_batch)]
+            position += self.world_size * self.micro_batch
+
+
+class MultiTaskData:
+    """One loader per active task, each resumed at its consumed count; `next_batch(task)` advances it."""
+
+    def __init__(self, datasets: dict[str, TaskDataset], config: DataConfig, seed: int, state: StreamState,
+                 rank: int, world_size: int):
+        self.config, self.state, self.world_size = config, state, world_size
+        self._iterators = {}
+        for task, dataset in datasets.items():
+            sampler = GlobalOrderSampler(len(dataset), task, seed, state.consumed[task], config.micro_batch[task],
+                                         rank, world_size)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                                persistent_workers=config.num_workers > 0,
+                                prefetch_factor=2 if config.num_workers > 0 else None)
+            self._iterators[task] = iter(loader)
+
+    def next_batch(self, task: str) -> dict:
+        if task not in self._iterators:
+            raise ValueError(f"the schedule drew task {task} but no data was configured for it")
+        batch = next(self._iterators[task])
+        self.state.consumed[task] += self.world_size * self.config.micro_batch[task]
+        return batch
+
+
+def open_shards(config: DataConfig, model_config, tokenizer_fingerprint: str, tasks: set[str]) -> dict[str, ShardDataset]:
+    """Open the shard folders the active tasks need and check them against the model config."""
+    needed = {TASK_MODALITY[t] for t in tasks}
+    folders = {"image": config.image_shards, "video": config.video_shards}
+    opened = {}
+    for modality in sorted(needed):
+        if not folders[modality]:
+            raise ValueError(f"data.{modality}_shards is empty but tasks {sorted(t for t in tasks if TASK_MODALITY[t] == modality)} "
+                             f"have weight > 0")
+        shards = ShardDataset(folders[modality])
+        grid = model_config.image_grid if modality == "image" else model_config.video_grid
+        shards.check_compatible({"grid": grid, "codebook_size": model_config.codebook_size,
+                                 "tokenizer_vocab_size": model_config.text_vocab_size,
+                                 "tokenizer_fingerprint": tokenizer_fingerprint})
+        if len(shards) == 0:
+            raise ValueError(f"{folders[modality]} holds no samples")
+        opened[modality] = shards
+    if len(opened) == 2 and opened["image"].manifest["vqgan_fingerprint"] != opened["video"].manifest["vqgan_fingerprint"]:
+        raise ValueError(f"{config.image_shards} and {config.video_shards} were coded by different VQ-GANs "
+                         f"({opened['image'].manifest['vqgan_fingerprint']} vs {opened['video'].manifest['vqgan_fingerprint']})")
+    return opened
+
+
+def active_tasks(config: DataConfig, steps: int) -> set[str]:
+    """Tasks that have weight > 0 in any stage that starts before the run ends."""
+    return {t for s in config.schedule if s.start_step < max(steps, 1) for t, w in s.weights.items() if w > 0}

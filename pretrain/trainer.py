@@ -1,0 +1,234 @@
+"""The multi-task DeepSpeed trainer: build the parts, run the loop, checkpoint, stop cleanly.
+
+`Trainer(config, resume).train()` is what `pretrain/main.py` runs. The engine's `backward` and
+`step` are called in exactly one place, `Trainer.micro_step`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from model.nuwa import Nuwa
+from preprocess.text import CaptionTokenizer
+from pretrain import checkpoint
+from pretrain.config import PretrainConfig, OptimConfig
+from pretrain.data import MultiTaskData, StreamState, TaskDataset, TASK_MODALITY, active_tasks, open_shards, task_at
+from pretrain.metrics import MetricLogger
+
+ENGINE_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+               "scheduler", "gradient_clipping", "bf16", "fp16"}
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join the process group under `deepspeed`, `torchrun`, or plain `python` (a group of one)."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    accelerator = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if accelerator.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks on one machine share its cores, never oversubscribe
+        local_ranks = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def lr_multiplier(optim: OptimConfig, total_steps: int):
+    """Linear warm-up over warmup_fraction of the run, then cosine/linear decay to min_lr_ratio."""
+    warmup = max(1, round(optim.warmup_fraction * total_steps))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if optim.decay == "cosine":
+            return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if optim.decay == "linear":
+            return 1 - (1 - optim.min_lr_ratio) * progress
+        return 1.0
+
+    return multiplier
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, device: torch.device):
+    """AdamW with decay on dim ≥ 2 tensors; DeepSpeedCPUAdam under optimizer offload; fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=optim.betas, adamw_mode=True)
+    if device.type == "cuda":
+        try:
+            from apex.optimizers import FusedAdam
+            return FusedAdam(groups, lr=optim.lr, betas=optim.betas, adam_w_mode=True)
+        except ImportError:
+            return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=True)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+
+
+def engine_config(config: PretrainConfig, world_size: int, tasks: set[str]) -> dict:
+    """The DeepSpeed JSON (engine knobs) plus what the trainer owns: batch sizes, clipping, precision."""
+    path = Path(config.trainer.ds_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.ds_config: {path} does not exist")
+    ds = json.loads(path.read_text())
+    owned = sorted(ENGINE_KEYS & ds.keys())
+    if owned:
+        raise ValueError(f"{path} sets {owned}: batch sizes, optimizer, clipping and precision come from the "
+                         f"trainer config (data.micro_batch, trainer.grad_accum, optim.*, trainer.precision)")
+    micro = max(config.data.micro_batch[t] for t in tasks)  # nominal: each task has its own micro-batch
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=config.trainer.grad_accum,
+              train_batch_size=micro * config.trainer.grad_accum * world_size,
+              gradient_clipping=config.optim.grad_clip, steps_per_print=2**31 - 1,
+              bf16={"enabled": config.trainer.precision == "bf16"},
+              fp16={"enabled": config.trainer.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16})
+    return ds
+
+
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+class Trainer:
+    def __init__(self, config: PretrainConfig, resume: str | None = None):
+        self.config = config
+        cfg, trainer = config, config.trainer
+        self.tasks = active_tasks(cfg.data, trainer.steps)
+        if not self.tasks:
+            raise ValueError("data.schedule gives no task a weight > 0")
+        resume_dir = checkpoint.resolve(resume, trainer.output_dir)
+        if resume_dir is not None:  # refuse a foreign checkpoint before building anything
+            checkpoint.check_same_model(checkpoint.read_marker(resume_dir)["config"]["model"], cfg.model.to_dict(),
+                                        resume_dir)
+
+        if not cfg.data.tokenizer:
+            raise ValueError("data.tokenizer is empty: give the sentencepiece model the shards were made with")
+        tokenizer = CaptionTokenizer(cfg.data.tokenizer)
+        shards = open_shards(cfg.data, cfg.model, tokenizer.fingerprint(), self.tasks)
+        none_text, _ = tokenizer.encode_none()
+        self.datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, none_text) for t in sorted(self.tasks)}
+        grids = {"image": cfg.model.image_grid, "video": cfg.model.video_grid}
+        self.tokens_per_sample = {t: math.prod(grids[TASK_MODALITY[t]]) for t in self.tasks}
+
+        self.rank, self.world_size, self.device = init_distributed()
+
+        torch.manual_seed(trainer.seed)
+        model = Nuwa(cfg.model)
+        ds = engine_config(cfg, self.world_size, self.tasks)
+        offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+        optimizer = build_optimizer(model, cfg.optim, offload, self.device)
+        schedule = lr_multiplier(cfg.optim, trainer.steps)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+
+        self.state = checkpoint.TrainState()
+        if resume_dir is not None:
+            self.state = checkpoint.load(self.engine, resume_dir, cfg.model.to_dict())
+        elif resume == "auto" and self.rank == 0:
+            print(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(trainer.output_dir)}, starting fresh")
+        self.data = MultiTaskData(self.datasets, cfg.data, trainer.seed, StreamState(self.state.consumed),
+                                  self.rank, self.world_size)
+        if self.rank == 0:
+            Path(trainer.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(trainer.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        self.stop = StopRequested()
+
+    def all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    def micro_step(self, task: str) -> float | None:
+        """Forward, backward and (at the accumulation boundary) the optimizer step of one micro-batch.
+
+        Returns the loss averaged over ranks, or None when it was NaN/inf on any rank and the
+        batch was skipped (`trainer.nan_policy: skip`).
+        """
+        # Dropout randomness is a function of (seed, micro-step, rank): resume needs no RNG state.
+        torch.manual_seed(int(np.random.SeedSequence([self.config.trainer.seed, self.state.micro_step,
+                                                      self.rank]).generate_state(1)[0]))
+        batch = self.data.next_batch(task)
+        self.state.micro_step += 1
+        text, codes = batch["text"].to(self.device), batch["codes"].to(self.device)
+        _, loss = self.engine(text, codes)
+        (loss_sum,) = self.all_reduce([loss.item()])
+        if not math.isfinite(loss_sum):
+            where = f"step {self.state.step + 1}, micro-step {self.state.micro_step - 1}, task {task}"
+            if self.config.trainer.nan_policy == "stop":
+                raise FloatingPointError(f"non-finite loss at {where}; stopping (trainer.nan_policy: stop)")
+            self.state.skipped_batches += 1
+            return None
+        self.engine.backward(loss)
+        self.engine.step()
+        self.state.tokens_seen += codes.numel() * self.world_size
+        return loss_sum / self.world_size
+
+    def train_step(self) -> dict:
+        """One optimizer step: grad_accum good micro-steps, each of the task the sequence draws."""
+        losses: dict[str, list[float]] = {}
+        samples = tokens = skipped_in_a_row = 0
+        while sum(len(v) for v in losses.values()) < self.config.trainer.grad_accum:
+            task = task_at(self.config.data, self.config.trainer.seed, self.state.step, self.state.micro_step)
+            micro_batch = self.config.data.micro_batch[task]
+            loss = self.micro_step(task)
+            if loss is None:
+                skipped_in_a_row += 1
+                if skipped_in_a_row >= self.config.trainer.max_consecutive_skips:
+                    raise FloatingPointError(f"{skipped_in_a_row} non-finite losses in a row at step "
+                                             f"{self.state.step + 1}; stopping")
+                continue
+            skipped_in_a_row = 0
+            losses.setdefault(task, []).append(loss)
+            samples += micro_batch * self.world_size
+            tokens += micro_batch * self.world_size * self.tokens_per_sample[task]
+        self.state.step += 1
+        return {"losses": losses, "samples": samples, "tokens": tokens}
+
+    def save(self) -> Path:
+        return checkpoint.save(self.engine, self.config.trainer.output_dir, self.state, self.config.to_dict(),
+                               self.config.trainer.keep_last)
+
+    def train(self) -> str:
+        trainer = self.config.trainer
+        logger = MetricLogger(trainer.output_dir, self.state.step, trainer.steps, trainer.log_every, self.rank == 0)
+        self.engine.train()
+        while self.state.step < trainer.steps:
+            out = self.train_step()
+            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            logger.log_step(self.state.step, out["losses"], self.scheduler.get_last_lr()[0], grad_norm,
+                            out["samples"], out["tokens"])
+            (stop,) = self.all_reduce([float(self.stop.requested)], op=dist.ReduceOp.MAX)
+            if stop or self.state.step % trainer.checkpoint_every == 0 or self.state.step == trainer.steps:
+                path = self.save()
+                logger.log_event(f"saved {path}")
+            if stop:
+                logger.log_event(f"stop requested: saved at step {self.state.step}, exiting")
+                break
+        return logger.close()

@@ -1,0 +1,520 @@
+"""VQ-GAN training: reconstruction L1 + LPIPS + hinge PatchGAN with the adaptive weight (paper Eq. 4-5).
+
+`python pretrain/train_vqgan.py --config X.yaml [--section.key value ...] [--resume [DIR]]` wires
+the pieces below: typed config → data stream → models and optimizers → `train_step` in a loop →
+logging, checkpoints, dead-code restarts → `save_pretrained`. One process, or DDP via torchrun
+(gloo on CPU, NCCL on GPU); `train.batch_size` is per process.
+
+A checkpoint is a folder `OUT/checkpoints/step_XXXXXXXX/` holding `vqgan/` (a `save_pretrained`
+folder, usable as it is), `discriminator.safetensors`, `train_state.pt` (optimizers, code usage,
+every rank's RNG; loaded with weights_only=True) and `config.yaml`. It is written under a
+temporary name and renamed when complete; `OUT/checkpoints/latest` names the newest.
+Resuming restores weights, optimizers, step and RNG; the data stream restarts as a fresh seeded
+permutation for that step (a tokenizer does not need the exact sample sequence back).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import random
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from model import typed_config
+from model.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
+from model.lpips import LPIPS, load_lpips
+from model.vqgan import VQGAN, VQGANConfig, load_checked
+
+log = logging.getLogger("train_vqgan")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class DataConfig:
+    """Where the training images come from and how they are fed."""
+    paths: list[str] = field(default_factory=list)
+    """Image folders (searched recursively) and/or webdataset .tar files or folders of them."""
+    flip: bool = True
+    """Random horizontal flips (augmentation)."""
+    shuffle_buffer: int = 256
+    """Images held per loader worker for shuffling across files."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = decode in the training process)."""
+
+
+@dataclass
+class LossConfig:
+    """Weights of the VQ-GAN objective (taming's defaults where it has them)."""
+    pixel_weight: float = 1.0
+    """L1 reconstruction weight."""
+    perceptual_weight: float = 1.0
+    """LPIPS weight (0 = off)."""
+    lpips_weights: str = "auto"
+    """"auto" (stlpips-pytorch's file if installed), "none", or comma-separated LPIPS weight files."""
+    codebook_weight: float = 1.0
+    """Weight of the VQ loss (codebook + beta·commitment)."""
+    disc_weight: float = 0.8
+    """Scale of the adaptive weight λ of the generator's adversarial loss."""
+    disc_start: int = 10000
+    """Step at which the discriminator and the adversarial loss switch on (autoencoder warm-up before)."""
+    disc_channels: int = 64
+    """Width of the first discriminator layer."""
+    disc_layers: int = 3
+    """Stride-2 layers of the PatchGAN (3 = 70×70 patches; use 2 for 32-64 px images)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing."""
+    steps: int = 100000
+    """Optimizer steps in total."""
+    batch_size: int = 8
+    """Images per process per step."""
+    lr: float = 1e-4
+    """Adam learning rate of the autoencoder."""
+    disc_lr: float = 1e-4
+    """Adam learning rate of the discriminator."""
+    betas: tuple[float, float] = (0.5, 0.9)
+    """Adam betas (taming's)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip for both networks (0 = off)."""
+    precision: str = "fp32"
+    """"fp32" or "bf16" (autocast; the codebook search always runs in fp32)."""
+    restart_every: int = 200
+    """Steps between dead-code restarts (0 = off)."""
+    restart_min_count: int = 1
+    """A code chosen fewer times than this since the last restart is moved onto an encoder output."""
+    seed: int = 0
+    """Seed of initialisation, data order and restarts."""
+    log_every: int = 50
+    """Steps between TensorBoard scalars."""
+    image_every: int = 500
+    """Steps between TensorBoard reconstruction grids."""
+    ckpt_every: int = 1000
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept; older ones are deleted."""
+    out_dir: str = "runs/vqgan"
+    """Run folder: config.yaml, tensorboard/, checkpoints/, final/."""
+    device: str = "auto"
+    """"auto" (CUDA if available), "cpu" or "cuda"."""
+    init: str = ""
+    """Optional starting weights: a save_pretrained folder or a taming-transformers .ckpt."""
+
+
+@dataclass
+class VQGANTrainingConfig:
+    """Everything `train_vqgan.py` reads; `model` holds overrides on top of the named preset."""
+    preset: str = "tiny"
+    """VQ-GAN preset (see VQGANConfig.from_preset) that the model section starts from."""
+    model: VQGANConfig = field(default_factory=VQGANConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANTrainingConfig:
+    """preset ← config file ← `--section.key value` overrides, validated strictly."""
+    raw = typed_config.merge(typed_config.read_file(path) if path else {},
+                             typed_config.parse_overrides(overrides or []))
+    preset = VQGANConfig.from_preset(raw.get("preset", VQGANTrainingConfig.preset))
+    config = typed_config.load(VQGANTrainingConfig, path, overrides, base={"model": typed_config.to_dict(preset)})
+    if config.train.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be fp32 or bf16, got {config.train.precision!r}")
+    return config
+
+
+# ----------------------------------------------------------------------------- data
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def list_sources(paths: list[str]) -> list[Path]:
+    """Expand the configured paths into a sorted list of image files and tar files."""
+    sources = []
+    for entry in map(Path, paths):
+        if entry.is_file():
+            sources.append(entry)
+        elif entry.is_dir():
+            sources += [p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + (".tar",)]
+        else:
+            raise FileNotFoundError(f"data path {entry} does not exist")
+    if not sources:
+        raise ValueError(f"no images or .tar files under {paths}")
+    return sorted(sources)
+
+
+def read_encoded(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded image bytes) for every image in an image file or a webdataset tar."""
+    if source.suffix != ".tar":
+        yield str(source), source.read_bytes()
+        return
+    with tarfile.open(source) as tar:
+        for member in tar:
+            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                yield f"{source}:{member.name}", tar.extractfile(member).read()
+
+
+def decode_square(data: bytes, size: int) -> np.ndarray:
+    """Decode, resize the short side to `size` and centre-crop: uint8 (size, size, 3)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+class ImageStream(IterableDataset):
+    """Endless stream of float (3, size, size) images in [-1, 1], split over ranks and workers.
+
+    With at least as many files as readers, each reader takes whole files; otherwise every
+    reader walks all files and keeps every n-th image. A file that fails to decode is logged,
+    counted and skipped. Epoch e shuffles the files with seed (seed, e).
+    """
+
+    def __init__(self, sources: list[Path], size: int, rank: int, world: int, seed: int, flip: bool,
+                 shuffle_buffer: int):
+        self.sources, self.size, self.rank, self.world = sources, size, rank, world
+        self.seed, self.flip, self.shuffle_buffer = seed, flip, shuffle_buffer
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        readers, reader = self.world * workers, self.rank * workers + worker
+        rng = random.Random(f"{self.seed}/{reader}")
+        buffer, skipped, epoch = [], 0, 0
+        while True:
+            order = list(self.sources)
+            random.Random(f"{self.seed}/epoch{epoch}").shuffle(order)
+            by_file = len(order) >= readers
+            files = order[reader::readers] if by_file else order
+            index, decoded = 0, 0
+            for source in files:
+                for name, data in read_encoded(source):
+                    index += 1
+                    if not by_file and index % readers != reader:
+                        continue
+                    try:
+                        image = decode_square(data, self.size)
+                    except Exception as e:  # a corrupt image: say which, count, go on
+                        skipped += 1
+                        log.warning("skipping %s (%s: %s); %d skipped so far", name, type(e).__name__, e, skipped)
+                        continue
+                    decoded += 1
+                    buffer.append(image)
+                    if len(buffer) >= self.shuffle_buffer:  # emit a random held image: shuffles across files
+                        yield self._to_tensor(buffer.pop(rng.randrange(len(buffer))), rng)
+            if decoded == 0:
+                raise RuntimeError(f"data reader {reader} of {readers} decoded no image from {len(files)} files")
+            epoch += 1
+
+    def _to_tensor(self, image: np.ndarray, rng: random.Random) -> torch.Tensor:
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+        return x.flip(2) if self.flip and rng.random() < 0.5 else x
+
+
+# ----------------------------------------------------------------------------- one step
+
+def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(reconstructions.detach().clamp(-1, 1).float(), images.float()).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | None, opt_g: torch.optim.Optimizer,
+               opt_d: torch.optim.Optimizer, images: torch.Tensor, step: int, loss_cfg: LossConfig,
+               grad_clip: float = 0.0, bf16: bool = False) -> dict[str, float]:
+    """One autoencoder update, then (from loss_cfg.disc_start on) one discriminator update.
+
+    The generator's adversarial loss goes through the unwrapped discriminator (its weights
+    frozen for that pass), so DDP synchronises the discriminator only in its own update.
+    """
+    raw, raw_disc = unwrap(vqgan), unwrap(disc)
+    gan_on = step >= loss_cfg.disc_start
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        rec, vq_loss, codes = vqgan(images)  # (B, 3, H, W), scalar, (B, h, w)
+        rec_loss = loss_cfg.pixel_weight * (images - rec).abs().mean()
+        perceptual = lpips(rec, images).mean() if lpips is not None and loss_cfg.perceptual_weight > 0 else None
+        if perceptual is not None:
+            rec_loss = rec_loss + loss_cfg.perceptual_weight * perceptual
+        loss = rec_loss + loss_cfg.codebook_weight * vq_loss
+        metrics = {}
+        if gan_on:
+            raw_disc.requires_grad_(False)
+            g_loss = -raw_disc(rec).mean()
+            raw_disc.requires_grad_(True)
+            d_weight = loss_cfg.disc_weight * adaptive_weight(rec_loss, g_loss, raw.decoder.conv_out.weight)
+            loss = loss + d_weight * g_loss
+            metrics.update(g_loss=g_loss.item(), d_weight=d_weight.item())
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip).item()
+    opt_g.step()
+
+    if gan_on:
+        with autocast:
+            d_loss = hinge_d_loss(disc(images), disc(rec.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw_disc.parameters(), grad_clip)
+        opt_d.step()
+        metrics["d_loss"] = d_loss.item()
+
+    counts = torch.bincount(codes.flatten(), minlength=raw.config.codebook_size).float()
+    probs = counts / counts.sum()
+    metrics.update(loss=loss.item(), l1=(images - rec).abs().mean().item(), vq_loss=vq_loss.item(),
+                   psnr=psnr(images, rec), perplexity=torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()).item())
+    if perceptual is not None:
+        metrics["lpips"] = perceptual.item()
+    return metrics
+
+
+def summed_usage(vqgan: VQGAN) -> torch.Tensor:
+    """Times each code was chosen since the last restart, summed over ranks: (codebook_size,)."""
+    usage = vqgan.quantize.usage.clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(usage)
+    return usage
+
+
+def restart_dead_codes(vqgan: VQGAN, images: torch.Tensor, min_count: int) -> tuple[float, int]:
+    """Codebook usage since the last restart (fraction of codes chosen), then revive the dead codes.
+
+    Under DDP the counts are summed over ranks first and rank 0's new codebook is broadcast.
+    """
+    quantize = vqgan.quantize
+    quantize.usage.copy_(summed_usage(vqgan))
+    usage = (quantize.usage > 0).float().mean().item()
+    with torch.no_grad():
+        latents = vqgan.encode_latents(images)  # (B, D, h, w)
+    revived = quantize.restart_dead_codes(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]), min_count)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(quantize.embedding.weight.data, src=0)
+    return usage, revived
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(run: "Run", step: int) -> Path:
+    """Write checkpoints/step_XXXXXXXX atomically (rank 0 writes; every rank sends its RNG state)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    usage = summed_usage(run.vqgan_raw).cpu()
+    states = [None] * run.world
+    if run.world > 1:
+        dist.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    if run.rank == 0:
+        root = Path(run.cfg.train.out_dir) / "checkpoints"
+        final = root / f"step_{step:08d}"
+        tmp = root / f".step_{step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        run.vqgan_raw.save_pretrained(tmp / "vqgan")
+        save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(run.disc).state_dict().items()},
+                  tmp / "discriminator.safetensors")
+        torch.save({"step": step, "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
+                    "usage": usage, "rng": states}, tmp / "train_state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(typed_config.to_dict(run.cfg), sort_keys=False))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (root / "latest.tmp").write_text(final.name + "\n")
+        os.replace(root / "latest.tmp", root / "latest")
+        for old in sorted(root.glob("step_*"))[:-run.cfg.train.keep_checkpoints]:
+            shutil.rmtree(old)
+    if run.world > 1:
+        dist.barrier()
+    return Path(run.cfg.train.out_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def resolve_checkpoint(resume: str, out_dir: str) -> Path:
+    """`resume` is a checkpoint folder, or "latest" for the newest under out_dir."""
+    if resume != "latest":
+        return Path(resume)
+    pointer = Path(out_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint under {pointer.parent} (no 'latest' file)")
+    return pointer.parent / pointer.read_text().strip()
+
+
+def load_checkpoint(run: "Run", folder: Path) -> int:
+    """Restore weights, optimizers, code usage and RNG; refuse a checkpoint of another model. Returns the step."""
+    if not (folder / "train_state.pt").is_file():
+        raise FileNotFoundError(f"{folder} is not a complete VQ-GAN checkpoint (no train_state.pt)")
+    saved = yaml.safe_load((folder / "config.yaml").read_text())["model"]
+    current = typed_config.to_dict(run.cfg.model)
+    differing = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if differing:
+        raise ValueError(f"refusing to resume from {folder}: the model config differs ({'; '.join(differing)})")
+    vqgan = VQGAN.from_pretrained(folder / "vqgan")
+    run.vqgan_raw.load_state_dict(vqgan.state_dict())
+    load_checked(unwrap(run.disc), load_file(folder / "discriminator.safetensors"), str(folder / "discriminator.safetensors"))
+    state = torch.load(folder / "train_state.pt", map_location="cpu", weights_only=True)
+    run.opt_g.load_state_dict(state["opt_g"])
+    run.opt_d.load_state_dict(state["opt_d"])
+    if run.rank == 0:  # the counts were summed over ranks when saved; rank 0 carries them
+        run.vqgan_raw.quantize.usage.copy_(state["usage"])
+    rng = state["rng"][run.rank] if len(state["rng"]) == run.world else state["rng"][0]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class Run:
+    """What the loop holds: config, process placement, models and optimizers."""
+    cfg: VQGANTrainingConfig
+    rank: int
+    world: int
+    device: torch.device
+    vqgan: torch.nn.Module
+    vqgan_raw: VQGAN
+    disc: torch.nn.Module
+    lpips: LPIPS | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def build_run(cfg: VQGANTrainingConfig) -> Run:
+    rank, world, device = setup_distributed(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    if cfg.train.init:
+        init = Path(cfg.train.init)
+        vqgan = VQGAN.from_pretrained(init) if init.is_dir() else VQGAN.from_taming(init, config=cfg.model)
+        if vqgan.config != cfg.model:
+            raise ValueError(f"train.init {init} holds a {vqgan.config}, but the config asks for {cfg.model}")
+    else:
+        vqgan = VQGAN(cfg.model)
+    disc = PatchDiscriminator(cfg.model.out_channels, cfg.loss.disc_channels, cfg.loss.disc_layers)
+    vqgan, disc = vqgan.to(device), disc.to(device)
+    lpips = load_lpips(cfg.loss.lpips_weights) if cfg.loss.perceptual_weight > 0 else None
+    if lpips is not None:
+        lpips = lpips.to(device)
+    opt_g = torch.optim.Adam(vqgan.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.train.disc_lr, betas=cfg.train.betas)
+    torch.manual_seed(cfg.train.seed + rank)  # per-rank randomness from here on
+    wrapped_vqgan, wrapped_disc = vqgan, disc
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        # the code-usage buffer is per rank until restart_dead_codes sums it: never broadcast it
+        wrapped_vqgan = DistributedDataParallel(vqgan, device_ids=ids, forward_sync_buffers=False)
+        wrapped_disc = DistributedDataParallel(disc, device_ids=ids)
+    return Run(cfg, rank, world, device, wrapped_vqgan, vqgan, wrapped_disc, lpips, opt_g, opt_d)
+
+
+def reconstruction_grid(images: torch.Tensor, rec: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """Originals above reconstructions, (3, 2H, n·W) in [0, 1], for TensorBoard."""
+    top = torch.cat(list(images[:n]), dim=2)  # (3, H, n*W)
+    bottom = torch.cat(list(rec[:n].clamp(-1, 1)), dim=2)
+    return (torch.cat([top, bottom], dim=1).float().cpu() + 1) / 2
+
+
+def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, float]:
+    """Train, checkpoint and save; returns the summary (also printed as one line)."""
+    run = build_run(cfg)
+    out = Path(cfg.train.out_dir)
+    start = 0
+    if resume:
+        folder = resolve_checkpoint(resume, cfg.train.out_dir)
+        start = load_checkpoint(run, folder)
+        if run.rank == 0:
+            log.info("resumed from %s at step %d", folder, start)
+    if run.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(typed_config.to_dict(cfg), sort_keys=False))
+    stream = ImageStream(list_sources(cfg.data.paths), cfg.model.resolution, run.rank, run.world,
+                         cfg.train.seed * 1_000_003 + start, cfg.data.flip, cfg.data.shuffle_buffer)
+    batches = iter(DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                              persistent_workers=cfg.data.num_workers > 0))
+    writer = SummaryWriter(str(out / "tensorboard")) if run.rank == 0 else None
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=run.rank != 0, desc="vqgan", unit="step")
+    started, metrics, usage = time.time(), {}, float("nan")
+    for step in range(start, cfg.train.steps):
+        images = next(batches).to(run.device, non_blocking=True)
+        run.vqgan.train()
+        run.disc.train()
+        metrics = train_step(run.vqgan, run.disc, run.lpips, run.opt_g, run.opt_d, images, step, cfg.loss,
+                             cfg.train.grad_clip, bf16=cfg.train.precision == "bf16")
+        if not math.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss became {metrics['loss']} at step {step} (last checkpoint: "
+                                     f"{out / 'checkpoints'}); lower train.lr or check the data")
+        done = step + 1
+        if cfg.train.restart_every and done % cfg.train.restart_every == 0:
+            usage, revived = restart_dead_codes(run.vqgan_raw, images, cfg.train.restart_min_count)
+            metrics.update(codebook_usage=usage, codes_restarted=revived)
+        if writer and (done % cfg.train.log_every == 0 or "codebook_usage" in metrics):
+            for name, value in metrics.items():
+                writer.add_scalar(f"train/{name}", value, done)
+            writer.add_scalar("train/images_per_s", (done - start) * cfg.train.batch_size * run.world
+                              / (time.time() - started), done)
+        if writer and done % cfg.train.image_every == 0:
+            run.vqgan_raw.eval()
+            with torch.no_grad():
+                rec = run.vqgan_raw(images[:8])[0]
+            writer.add_image("reconstructions", reconstruction_grid(images, rec), done)
+        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+            save_checkpoint(run, done)
+        bar.update()
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", psnr=f"{metrics['psnr']:.1f}",
+                        usage="-" if math.isnan(usage) else f"{usage:.0%}")
+    bar.close()
+    if not (cfg.train.restart_every and cfg.train.steps % cfg.train.restart_every == 0):
+        usage = (summed_usage(run.vqgan_raw) > 0).float().mean().item()  # since the last restart
+    summary = {"steps": cfg.train.steps, "seconds": time.time() - started, "psnr": metrics.get("psnr", float("nan")),
+               "codebook_usage": usage}
+    if run.rank == 0:
+        run.vqgan_raw.save_pretrained(out / "final")
+        summary["fingerprint"] = run.vqgan_raw.fingerprint()
+        images_seen = (cfg.train.steps - start) * cfg.train.batch_size * run.world
+        print(f"train_vqgan: {cfg.train.steps - start} steps ({images_seen} images) in {summary['seconds']:.0f}s, "
+              f"last-batch PSNR {summary['psnr']:.2f} dB, codebook usage {usage:.1%} → {out / 'final'} "
+              f"(fingerprint {summary['fingerprint']})")
+        writer.close()
+    if run.world > 1:
+        dist.destroy_process_group()
+    return summary

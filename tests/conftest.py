@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny tokenizer and code shards in the real shard format, for trainer tests."""
+import numpy as np
+import pytest
+
+from preprocess.shards import ShardWriter, make_manifest, shard_name
+from preprocess.train_tokenizer import train_tokenizer
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+CODEBOOK, GRID, FRAMES = 32, 4, 2
+
+
+def _patterned_codes(colour: int, frames: int, rng) -> np.ndarray:
+    """A learnable pattern: the caption's colour sets the offset, time shifts it, plus 10% noise."""
+    t, h, w = np.meshgrid(np.arange(frames), np.arange(GRID), np.arange(GRID), indexing="ij")
+    codes = (colour * 4 + h + w + t) % CODEBOOK
+    noise = rng.random(codes.shape) < 0.1
+    return np.where(noise, rng.integers(0, CODEBOOK, codes.shape), codes).astype(np.uint16)
+
+
+def _write_dataset(folder, tokenizer, modality, n, seed, missing_every=0):
+    rng = np.random.default_rng(seed)
+    frames = 1 if modality == "image" else FRAMES
+    codes, texts, lengths, keys = [], [], [], []
+    for i in range(n):
+        colour = int(rng.integers(len(COLOURS)))
+        caption = None if missing_every and i % missing_every == 0 else f"a {COLOURS[colour]} square"
+        ids, length = tokenizer.encode(caption)
+        codes.append(_patterned_codes(colour, frames, rng))
+        texts.append(ids)
+        lengths.append(length)
+        keys.append(f"{modality}{i:04d}")
+    half = n // 2
+    writer = ShardWriter(folder)
+    shards = []
+    for part, rows in enumerate((slice(0, half), slice(half, n))):
+        name = shard_name(0, part)
+        writer.write_shard(name, np.stack(codes[rows]), np.stack(texts[rows]), np.array(lengths[rows], np.int32),
+                           keys[rows])
+        shards.append({"name": name, "num_samples": len(keys[rows])})
+    record = {"unit": 0, "source": "fixture", "rows": None, "num_inputs": n, "num_inputs_used": n,
+              "shards": shards, "skipped": [], "captions": {}}
+    header = {"modality": modality, "grid": [frames, GRID, GRID], "text_length": 77, "codebook_size": CODEBOOK,
+              "vqgan_fingerprint": "fixture-vq", "tokenizer_fingerprint": tokenizer.fingerprint(),
+              "tokenizer_vocab_size": tokenizer.vocab_size}
+    writer.write_manifest(make_manifest(header, [record]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def code_shards(tmp_path_factory):
+    """{'image': folder, 'video': folder, 'tokenizer': model path, 'vocab_size': int} for a tiny model."""
+    root = tmp_path_factory.mktemp("code_shards")
+    captions = root / "captions.txt"
+    captions.write_text("\n".join(f"a {c} {s} moving {d}" for c in COLOURS for s in ("square", "circle")
+                                  for d in ("left", "right")) + "\n")
+    tokenizer = train_tokenizer([str(captions)], root / "tok", vocab_size=64)
+    return {"image": str(_write_dataset(root / "image", tokenizer, "image", 48, seed=1)),
+            "video": str(_write_dataset(root / "video", tokenizer, "video", 24, seed=2, missing_every=4)),
+            "tokenizer": str(root / "tok.model"), "vocab_size": tokenizer.vocab_size}
+
+
+def tiny_model_overrides(vocab_size: int) -> dict:
+    """The model section for trainer tests: matches the fixture shards, small enough for seconds per step."""
+    return {"preset": "tiny", "text_vocab_size": vocab_size, "codebook_size": CODEBOOK, "frames": FRAMES,
+            "grid_height": GRID, "grid_width": GRID, "width": 32, "heads": 2, "encoder_layers": 1,
+            "decoder_layers": 1}

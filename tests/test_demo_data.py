@@ -1,0 +1,93 @@
+"""The synthetic demo dataset: captions state what the pixels show, media are real, bytes are seeded."""
+import io
+import json
+import tarfile
+
+import av  # noqa: F401  (PyAV before anything loads decord, see preprocess/readers.py)
+import numpy as np
+import pytest
+
+from tools.make_demo_data import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, DemoDataConfig, ShapeSpec, caption,
+                                  make_demo_data, object_centre, random_spec, render_frame)
+
+
+def centroid_of(frame: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) -> np.ndarray:
+    """(x, y) centre of the pixels within `tolerance` of `colour`."""
+    mask = np.abs(frame.astype(int) - colour).max(axis=-1) <= tolerance
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_vocabulary_is_distinct_and_caption_states_it():
+    assert not set(COLOURS) & set(BACKGROUNDS)  # the object is always told apart from its background
+    assert len(SHAPES) >= 3 and len(SIZES) >= 2 and len(DIRECTIONS) == 4
+    spec = ShapeSpec("circle", "red", "small", "white", "left", (0.8, 0.5), 0.05)
+    assert caption(spec) == "a small red circle moving left on a white background"
+    assert caption(ShapeSpec("square", "blue", "large", "black", None, (0.5, 0.5), 0.0)) == \
+        "a large blue square on a black background"
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_render_frame_moves_the_flat_coloured_shape(direction):
+    spec = ShapeSpec("circle", "green", "large", "gray", direction, (0.5, 0.5), 0.06)
+    size = 96
+    first, later = render_frame(spec, 0.0, size), render_frame(spec, 4.0, size)
+    colours = {tuple(c) for c in first.reshape(-1, 3)}
+    assert colours == {COLOURS["green"], BACKGROUNDS["gray"]}  # no anti-aliasing: two exact colours
+    moved = centroid_of(later, COLOURS["green"]) - centroid_of(first, COLOURS["green"])
+    expected = (np.array(object_centre(spec, 4.0)) - np.array(object_centre(spec, 0.0))) * size
+    np.testing.assert_allclose(moved, expected, atol=1.0)
+    assert np.sign(moved).round().tolist() == [float(d) for d in DIRECTIONS[direction]]
+
+
+def test_video_spec_stays_inside_the_frame():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        spec = random_spec(rng, duration=10.0)
+        r = SIZES[spec.size]
+        for t in (0.0, 10.0):
+            x, y = object_centre(spec, t)
+            assert r - 1e-9 <= x <= 1 - r + 1e-9 and r - 1e-9 <= y <= 1 - r + 1e-9
+
+
+def _members(path):
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
+    config = DemoDataConfig(seed=5, image_size=32, num_images=7, num_videos=3, video_seconds=10.0, fps=12,
+                            heldout_fraction=0.34, samples_per_tar=4)
+    summary = make_demo_data(config, tmp_path / "a")
+    make_demo_data(config, tmp_path / "b")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert [str(f) for f in files if f.suffix == ".tar"] == [
+        "images/heldout/00000.tar", "images/train/00000.tar", "images/train/00001.tar",
+        "videos/heldout/00000.tar", "videos/train/00000.tar"]
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert summary["counts"] == {"images": {"train": 5, "heldout": 2}, "videos": {"train": 2, "heldout": 1}}
+
+    images = _members(tmp_path / "a/images/train/00000.tar")
+    assert sorted(images)[:3] == ["000000000.jpg", "000000000.json", "000000000.txt"]
+    meta = json.loads(images["000000000.json"])
+    spec = ShapeSpec(**{**meta["demo"], "start": tuple(meta["demo"]["start"])})
+    assert images["000000000.txt"].decode() == caption(spec) == meta["caption"]
+    from PIL import Image
+    pixels = np.asarray(Image.open(io.BytesIO(images["000000000.jpg"])))
+    assert pixels.shape == (32, 32, 3)
+    assert np.abs(pixels.astype(int) - render_frame(spec, 0.0, 32)).mean() < 6  # JPEG of the rendered frame
+
+    videos = _members(tmp_path / "a/videos/train/00000.tar")
+    meta = json.loads(videos["000000001.json"])
+    spec = ShapeSpec(**{**meta["demo"], "start": tuple(meta["demo"]["start"])})
+    with av.open(io.BytesIO(videos["000000001.mp4"])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 120 and frames[0].shape == (32, 32, 3)
+    for t in (0, 60, 119):  # the decoded object sits where the spec puts it
+        found = centroid_of(frames[t], COLOURS[spec.colour], tolerance=60)
+        np.testing.assert_allclose(found, np.array(object_centre(spec, t / 12)) * 32 - 0.5, atol=1.5)
+
+    heldout = [json.loads(line) for line in (tmp_path / "a/videos/heldout.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (tmp_path / "a/videos/train.jsonl").read_text().splitlines()]
+    assert len(heldout) == 1 and heldout[0]["start"] not in [row["start"] for row in train]

@@ -1,0 +1,128 @@
+"""The NÜWA model: parameter count, causality, window centring, backends, learning."""
+import pytest
+import torch
+
+from kernels import nearby_mask
+from model.config import NuwaConfig
+from model.nuwa import Nuwa
+
+
+def tiny(**overrides) -> Nuwa:
+    torch.manual_seed(0)
+    config = NuwaConfig.from_preset("tiny", text_vocab_size=64, codebook_size=32, frames=3, grid_height=5,
+                                    grid_width=6, width=32, heads=2, encoder_layers=1, decoder_layers=2)
+    return Nuwa(config.replace(**overrides)).eval()
+
+
+def batch(model, frames, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c = model.config
+    text = torch.randint(0, c.text_vocab_size, (2, c.text_length), generator=gen)
+    codes = torch.randint(0, c.codebook_size, (2, frames, c.grid_height, c.grid_width), generator=gen)
+    return text, codes
+
+
+@pytest.mark.parametrize("preset", ["nuwa-336", "nuwa-256"])
+def test_paper_preset_has_870m_parameters_without_embeddings(preset):
+    with torch.device("meta"):
+        model = Nuwa(NuwaConfig.from_preset(preset))
+    count = model.num_parameters(exclude_embeddings=True)
+    assert abs(count - 870e6) / 870e6 <= 0.03, count
+    assert model.num_parameters(exclude_embeddings=False) > count + 12288 * 1280
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_logits_at_t_ignore_tokens_from_t_on(frames):
+    model = tiny()
+    text, codes = batch(model, frames)
+    logits, _ = model(text, codes)
+    n = codes[0].numel()
+    for t in (0, 1, 7, n // 2, n - 1):
+        changed = codes.clone().view(2, -1)
+        changed[:, t:] = torch.randint(0, model.config.codebook_size, changed[:, t:].shape)
+        new_logits, _ = model(text, changed.view_as(codes))
+        torch.testing.assert_close(new_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, rtol=0)
+        if t + 1 < n:
+            assert not torch.allclose(new_logits[:, t + 1:], logits[:, t + 1:])
+
+
+def _slots_reaching_logit(model, text, codes, t):
+    """Decoder input slots whose value changes logit t (gradient ≠ 0)."""
+    captured = {}
+
+    def make_leaf(module, args):
+        x = args[0].detach().requires_grad_()
+        captured["x"] = x
+        return (x, *args[1:])
+
+    handle = model.decoder[0].register_forward_pre_hook(make_leaf)
+    logits, _ = model(text, codes)
+    handle.remove()
+    logits[0, t].sum().backward()
+    return set(captured["x"].grad[0].abs().sum(-1).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_window_is_centred_on_the_predicted_token(frames):
+    model = tiny(decoder_layers=1)
+    text, codes = batch(model, frames)
+    grid = (frames, model.config.grid_height, model.config.grid_width)
+    mask = nearby_mask(grid, grid, model.extent_for(grid), causal=True)
+    for t in (0, 1, 13, 2 * 6 + 3, codes[0].numel() - 1):
+        expected = {0, t} | {u + 1 for u in mask[t].nonzero().flatten().tolist()}  # <bos>, own slot, window keys
+        assert _slots_reaching_logit(model, text, codes, t) == expected
+
+
+def test_extents_come_from_config():
+    model = tiny(decoder_layers=1, video_extent=(1, 1, 1))
+    text, codes = batch(model, 3)
+    t = 2 * 30 + 2 * 6 + 3  # frame 2, row 2, column 3: a 1×1×1 window holds only the token itself
+    assert _slots_reaching_logit(model, text, codes, t) == {0, t}
+
+
+def test_backends_agree_and_checkpointing_keeps_gradients():
+    text, codes = batch(tiny(), 3)
+    results = []
+    for overrides in (dict(attention_backend="reference"), dict(attention_backend="blocked"),
+                      dict(activation_checkpointing=True)):
+        model = tiny(**overrides).train()
+        _, loss = model(text, codes)
+        loss.backward()
+        results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
+    for loss, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_model_learns_a_fixed_batch():
+    model = tiny().train()
+    text, codes = batch(model, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        _, loss = model(text, codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(32.0)).item(), abs=0.3)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_config_presets_and_bad_values():
+    config = NuwaConfig.from_preset("nuwa-336")
+    assert (config.width, config.heads, config.encoder_layers, config.decoder_layers) == (1280, 20, 12, 24)
+    assert config.video_grid == (10, 21, 21) and config.image_extent == (1, 3, 3)
+    assert NuwaConfig.from_preset("nuwa-256").video_grid == (4, 32, 32)
+    with pytest.raises(ValueError, match="unknown NÜWA preset"):
+        NuwaConfig.from_preset("nuwa-1b")
+    with pytest.raises(ValueError, match="unknown config key"):
+        NuwaConfig.from_preset("tiny", layers=3)
+    with pytest.raises(ValueError, match="width"):
+        NuwaConfig.from_preset("tiny", width="wide")
+    model = tiny()
+    text, codes = batch(model, 3)
+    with pytest.raises(ValueError, match="code grid"):
+        model(text, codes[:, :, :4])
+    with pytest.raises(ValueError, match="text has 10 positions"):
+        model(text[:, :10], codes)

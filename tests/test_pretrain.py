@@ -1,0 +1,159 @@
+"""The DeepSpeed trainer: real multi-process runs (gloo on CPU), exact resume, bad input refused."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import tiny_model_overrides
+from pretrain import checkpoint
+from pretrain.config import load_config
+from pretrain.data import GlobalOrderSampler, open_shards, task_at
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path, code_shards, name="run", **trainer):
+    config = {
+        "model": tiny_model_overrides(code_shards["vocab_size"]),
+        "data": {"image_shards": code_shards["image"], "video_shards": code_shards["video"],
+                 "tokenizer": code_shards["tokenizer"], "micro_batch": {"t2i": 4, "v2v": 2, "t2v": 2},
+                 "num_workers": 1},
+        "optim": {"lr": 3e-3},
+        "trainer": {"steps": 8, "grad_accum": 2, "precision": "fp32", "ds_config": str(ROOT / "ds_configs/cpu.json"),
+                    "output_dir": str(tmp_path / name), "checkpoint_every": 4, "log_every": 2, **trainer},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(args, ranks=None, env=None, timeout=300):
+    """Run pretrain/main.py under the deepspeed launcher (ranks) or plain python; return the process."""
+    prefix = ["deepspeed", "--num_gpus", str(ranks)] if ranks else [sys.executable]
+    return subprocess.run(prefix + [str(ROOT / "pretrain/main.py"), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def metrics(output_dir) -> dict[int, dict]:
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines)}
+
+
+def check(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_ranks_zero2_resume_continues_exactly(tmp_path, code_shards):
+    config = write_config(tmp_path, code_shards, checkpoint_every=2, keep_last=3)
+    check(launch(["--config", config], ranks=2))
+    full = metrics(tmp_path / "run")
+    assert sorted(full) == list(range(1, 9))
+    assert np.mean([full[s]["loss"] for s in (7, 8)]) < np.mean([full[s]["loss"] for s in (1, 2)]) - 0.1
+    tags = checkpoint.complete_tags(tmp_path / "run/checkpoints")
+    assert [t.name for t in tags] == ["step-00000004", "step-00000006", "step-00000008"]  # step 2 pruned
+    assert {p.name for p in tags[0].iterdir()} == {
+        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt", "trainer_state.json"}
+
+    # A second run starts from the step-4 checkpoint only, on 2 ranks again: same samples, same losses.
+    resumed = write_config(tmp_path, code_shards, name="resumed", checkpoint_every=2, keep_last=3)
+    shutil.copytree(tags[0], tmp_path / "resumed/checkpoints" / tags[0].name)
+    check(launch(["--config", resumed, "--resume", "auto"], ranks=2))
+    part = metrics(tmp_path / "resumed")
+    assert sorted(part) == [5, 6, 7, 8]
+    for step in part:
+        assert part[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-6, abs=1e-6), step
+        assert part[step]["lr"] == pytest.approx(full[step]["lr"], rel=1e-9)
+        assert {k for k in part[step] if k.startswith("loss/")} == {k for k in full[step] if k.startswith("loss/")}
+    end_full = checkpoint.read_marker(tags[-1])["state"]
+    end_part = checkpoint.read_marker(tmp_path / "resumed/checkpoints/step-00000008")["state"]
+    assert end_part == end_full and end_part["consumed"]["t2i"] > 0
+
+
+def test_two_ranks_zero3(tmp_path, code_shards):
+    config = write_config(tmp_path, code_shards, steps=6, checkpoint_every=6)
+    proc = launch(["--config", config, "--trainer.ds_config", ROOT / "ds_configs/zero3.json"], ranks=2)
+    check(proc)
+    run = metrics(tmp_path / "run")
+    assert run[6]["loss"] < run[1]["loss"] - 0.1
+    tag = tmp_path / "run/checkpoints/step-00000006"
+    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "trainer_state.json"} <= {p.name for p in tag.iterdir()}
+    assert "trained 6 steps (0 → 6)" in proc.stdout
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, code_shards):
+    config = write_config(tmp_path, code_shards, steps=10_000, checkpoint_every=10_000)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pretrain/main.py"), "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run/metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    last = max(metrics(tmp_path / "run"))
+    tags = checkpoint.complete_tags(tmp_path / "run/checkpoints")
+    assert [t.name for t in tags] == [checkpoint.tag_for(last)]
+    assert f"stop requested: saved at step {last}" in out
+
+
+def test_data_order_is_global_across_world_sizes():
+    """Two ranks together take exactly the samples one rank takes, in the same global order."""
+    one = GlobalOrderSampler(10, "t2i", seed=3, start=4, micro_batch=3, rank=0, world_size=1)
+    two = [GlobalOrderSampler(10, "t2i", seed=3, start=4, micro_batch=3, rank=r, world_size=2) for r in (0, 1)]
+    it1, it2 = iter(one), [iter(s) for s in two]
+    single = [i for _ in range(6) for i in next(it1)]
+    paired = [i for _ in range(3) for it in it2 for i in next(it)]
+    assert single == paired
+    assert sorted(single[6:16]) == list(range(10))  # positions 10..19: epoch 1, each sample once
+    assert len(set(single[:6])) == 6 and single[6:16] != single[:10]  # epoch 0's tail; a reshuffled epoch
+
+
+def test_task_sequence_follows_weights_and_schedule(code_shards, tmp_path):
+    config = load_config(write_config(tmp_path, code_shards), [
+        "--data.schedule", "[{start_step: 0, weights: {t2i: 1, v2v: 1}}, {start_step: 100, weights: {t2v: 1}}]"])
+    early = [task_at(config.data, 0, step=s // 2, micro_step=s) for s in range(200)]
+    late = [task_at(config.data, 0, step=100 + s, micro_step=200 + s) for s in range(20)]
+    assert set(early) == {"t2i", "v2v"} and 60 < early.count("t2i") < 140
+    assert set(late) == {"t2v"}
+    assert early == [task_at(config.data, 0, step=s // 2, micro_step=s) for s in range(200)]
+
+
+def test_shards_that_contradict_the_model_are_refused(code_shards, tmp_path):
+    config = load_config(write_config(tmp_path, code_shards), ["--model.codebook_size", "64"])
+    with pytest.raises(ValueError, match="codebook_size is 32 in the shards but 64 in the model config"):
+        open_shards(config.data, config.model, "any", {"t2i"})
+    config = load_config(write_config(tmp_path, code_shards), ["--model.frames", "3"])
+    with pytest.raises(ValueError, match=r"grid is \[2, 4, 4\] in the shards but \(3, 4, 4\)"):
+        open_shards(config.data, config.model, "any", {"v2v"})
+    proc = launch(["--config", write_config(tmp_path, code_shards), "--model.grid_width", "5"])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("pretrain: error: shards in ")
+    assert "grid is [1, 4, 4] in the shards but (1, 4, 5)" in proc.stderr
+
+
+def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume .*nowhere: no such file"):
+        checkpoint.resolve(tmp_path / "nowhere", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint.resolve(tmp_path / "empty", tmp_path)
+    assert checkpoint.resolve("auto", tmp_path / "fresh") is None
+    with pytest.raises(ValueError, match="another model config: width: 32 in the checkpoint, 64 now"):
+        checkpoint.check_same_model({"width": 32, "heads": 2}, {"width": 64, "heads": 2}, tmp_path)
+    proc = launch(["--config", write_config(tmp_path, code_shards, name="r"), "--resume", tmp_path / "nowhere"])
+    assert proc.returncode == 1 and "no such file or folder" in proc.stderr.splitlines()[-1]
+    missing = write_config(tmp_path, code_shards, name="m")
+    proc = launch(["--config", missing, "--data.video_shards", tmp_path / "none"])
+    assert proc.returncode == 1 and "manifest.json not found" in proc.stderr.splitlines()[-1]

@@ -1,0 +1,240 @@
+"""Synthetic captioned shapes, written as real JPEG/MP4 media in img2dataset/video2dataset tars.
+
+The demo needs data whose content a caption states exactly and a program can check from
+pixels: one flat-coloured shape (no anti-aliasing) on a flat background, which in videos
+moves at constant speed in one direction. The vocabulary is exposed as module constants so
+that the demo's learning check measures colour and motion against the same words.
+
+Layout (what img2dataset / video2dataset write, plus a JSONL index per split)::
+
+    OUT/images/{train,heldout}/00000.tar   members {key}.jpg {key}.txt {key}.json
+    OUT/videos/{train,heldout}/00000.tar   members {key}.mp4 {key}.txt {key}.json
+    OUT/{images,videos}/{train,heldout}.jsonl   key, caption and attributes of every sample
+    OUT/dataset.json                            arguments, counts and vocabulary
+
+Keys follow img2dataset: 5-digit tar number + 4-digit index in the tar. Every sample draws
+from its own generator seeded by (seed, kind, split, index), so the output is byte-identical
+for a seed and the first samples do not change when the counts do. The held-out split holds
+different samples (positions, timing) drawn from the same caption vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import webdataset as wds
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "green": (25, 190, 25),
+    "blue": (25, 50, 230),
+    "yellow": (240, 220, 20),
+    "magenta": (220, 30, 220),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIZES: dict[str, float] = {"small": 0.12, "large": 0.22}  # radius as a fraction of the image side
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+SPLITS: tuple[str, ...] = ("train", "heldout")
+KINDS: tuple[str, ...] = ("images", "videos")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeSpec:
+    """Everything that determines one sample; positions are fractions of the image side."""
+
+    shape: str
+    colour: str
+    size: str
+    background: str
+    direction: str | None  # None for a still image
+    start: tuple[float, float]  # centre (x, y) at t = 0
+    speed: float  # image sides per second along `direction`
+
+
+def caption(spec: ShapeSpec) -> str:
+    """The sentence that states the sample: 'a small red circle moving left on a white background'."""
+    motion = f" moving {spec.direction}" if spec.direction else ""
+    return f"a {spec.size} {spec.colour} {spec.shape}{motion} on a {spec.background} background"
+
+
+def random_spec(rng: np.random.Generator, duration: float | None) -> ShapeSpec:
+    """Draw a sample; with a `duration` the shape crosses the frame along a direction in that time."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    radius = SIZES[size]
+    low, high = radius, 1.0 - radius
+    if duration is None:
+        centre = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+        return ShapeSpec(shape, colour, size, background, None, centre, 0.0)
+    direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+    dx, dy = DIRECTIONS[direction]
+    across = float(rng.uniform(low, high))  # the coordinate that does not move
+    along = high if dx + dy < 0 else low  # start on the side the shape moves away from
+    start = (along, across) if dx else (across, along)
+    return ShapeSpec(shape, colour, size, background, direction, start, (high - low) / duration)
+
+
+def object_centre(spec: ShapeSpec, t: float) -> tuple[float, float]:
+    """Centre (x, y) of the shape at time `t` seconds, as fractions of the image side."""
+    dx, dy = DIRECTIONS[spec.direction] if spec.direction else (0, 0)
+    return spec.start[0] + dx * spec.speed * t, spec.start[1] + dy * spec.speed * t
+
+
+def render_frame(spec: ShapeSpec, t: float, image_size: int) -> np.ndarray:
+    """Draw the sample at time `t` as uint8 [H, W, 3], flat colours without anti-aliasing."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUNDS[spec.background])
+    draw = ImageDraw.Draw(image)
+    cx, cy = (c * image_size for c in object_centre(spec, t))
+    r = SIZES[spec.size] * image_size
+    fill = COLOURS[spec.colour]
+    if spec.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif spec.shape == "square":
+        h = r * 0.85  # about the circle's area
+        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - 0.866 * r, cy + 0.5 * r), (cx + 0.866 * r, cy + 0.5 * r)], fill=fill)
+    return np.asarray(image)
+
+
+def render_video(spec: ShapeSpec, seconds: float, fps: float, image_size: int) -> np.ndarray:
+    """All frames of a video, uint8 [T, H, W, 3]; frame i shows time i / fps."""
+    return np.stack([render_frame(spec, i / fps, image_size) for i in range(round(seconds * fps))])
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes at img2dataset's default quality."""
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
+    """H.264 MP4 bytes (yuv420p, one encoder thread so the bytes are reproducible)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoDataConfig:
+    """Sizes of the synthetic dataset (see `--help`)."""
+
+    seed: int = 0
+    image_size: int = 64
+    num_images: int = 1000
+    num_videos: int = 200
+    video_seconds: float = 10.0
+    fps: int = 12
+    heldout_fraction: float = 0.1
+    samples_per_tar: int = 100
+
+
+def _split_counts(total: int, fraction: float) -> dict[str, int]:
+    heldout = round(total * fraction)
+    return {"train": total - heldout, "heldout": heldout}
+
+
+def make_sample(config: DemoDataConfig, kind: str, split: str, index: int) -> tuple[ShapeSpec, bytes, str]:
+    """The spec, encoded media and file extension of sample `index` of one kind and split."""
+    rng = np.random.default_rng([config.seed, KINDS.index(kind), SPLITS.index(split), index])
+    if kind == "images":
+        spec = random_spec(rng, None)
+        return spec, encode_jpeg(render_frame(spec, 0.0, config.image_size)), "jpg"
+    spec = random_spec(rng, config.video_seconds)
+    frames = render_video(spec, config.video_seconds, config.fps, config.image_size)
+    return spec, encode_mp4(frames, config.fps), "mp4"
+
+
+def write_split(config: DemoDataConfig, kind: str, split: str, count: int, folder: Path) -> None:
+    """Write `count` samples as tars of `samples_per_tar` plus `{split}.jsonl`, each file atomically."""
+    out = folder / kind / split
+    out.mkdir(parents=True, exist_ok=True)
+    index_rows = []
+    num_tars = -(-count // config.samples_per_tar)
+    bar = tqdm(total=count, desc=f"{kind}/{split}", unit="sample", leave=False)
+    for tar_index in range(num_tars):
+        final = out / f"{tar_index:05d}.tar"
+        tmp = out / f".{tar_index:05d}.tar.tmp"
+        with wds.TarWriter(str(tmp), mtime=0.0) as writer:
+            first = tar_index * config.samples_per_tar
+            for index in range(first, min(first + config.samples_per_tar, count)):
+                spec, media, ext = make_sample(config, kind, split, index)
+                key = f"{tar_index:05d}{index - first:04d}"
+                text = caption(spec)
+                meta = {"key": key, "status": "success", "caption": text, "width": config.image_size,
+                        "height": config.image_size, "demo": dataclasses.asdict(spec)}
+                if kind == "videos":
+                    meta.update(duration=config.video_seconds, fps=config.fps)
+                writer.write({"__key__": key, ext: media, "txt": text, "json": json.dumps(meta, sort_keys=True)})
+                index_rows.append({"key": key, "tar": final.name, "caption": text, **dataclasses.asdict(spec)})
+                bar.update()
+        os.replace(tmp, final)
+    bar.close()
+    jsonl = folder / kind / f"{split}.jsonl"
+    jsonl.with_suffix(".tmp").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in index_rows))
+    os.replace(jsonl.with_suffix(".tmp"), jsonl)
+
+
+def make_demo_data(config: DemoDataConfig, output: str | Path) -> dict:
+    """Write the whole dataset under `output` and return the summary also stored in dataset.json."""
+    if config.image_size % 2:
+        raise ValueError(f"--image-size must be even (H.264 yuv420p), got {config.image_size}")
+    if config.video_seconds * config.fps < 1:
+        raise ValueError("--video-seconds × --fps must give at least one frame")
+    folder = Path(output)
+    counts = {"images": _split_counts(config.num_images, config.heldout_fraction),
+              "videos": _split_counts(config.num_videos, config.heldout_fraction)}
+    for kind in KINDS:
+        for split in SPLITS:
+            write_split(config, kind, split, counts[kind][split], folder)
+    summary = {"config": dataclasses.asdict(config), "counts": counts, "colours": COLOURS, "backgrounds": BACKGROUNDS,
+               "shapes": SHAPES, "sizes": SIZES, "directions": DIRECTIONS}
+    (folder / "dataset.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = DemoDataConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, help="folder to write (created)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="pixels per side (even)")
+    parser.add_argument("--num-images", type=int, default=defaults.num_images, help="images, both splits")
+    parser.add_argument("--num-videos", type=int, default=defaults.num_videos, help="videos, both splits")
+    parser.add_argument("--video-seconds", type=float, default=defaults.video_seconds)
+    parser.add_argument("--fps", type=int, default=defaults.fps)
+    parser.add_argument("--heldout-fraction", type=float, default=defaults.heldout_fraction)
+    parser.add_argument("--samples-per-tar", type=int, default=defaults.samples_per_tar)
+    args = vars(parser.parse_args(argv))
+    output = args.pop("output")
+    summary = make_demo_data(DemoDataConfig(**args), output)
+    counts = summary["counts"]
+    print(f"demo data: {counts['images']['train']}+{counts['images']['heldout']} images, "
+          f"{counts['videos']['train']}+{counts['videos']['heldout']} videos (train+heldout) → {output}")
+
+
+if __name__ == "__main__":
+    main()
