@@ -1,0 +1,137 @@
+"""Autoregressive sampling from NÜWA, with a KV cache whose 3DNA reads only each new token's window.
+
+`generate` fills a code grid in raster order. Positions where `keep` is True are copied from
+`reference` instead of sampled (they still pass through the decoder so later tokens see them):
+that one rule serves every task — T2I/T2V keep nothing, V2V and TV2V keep the first frames,
+I2I keeps the top rows, TI2I keeps everything outside the edited region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.blocked import build_plan
+from model.nuwa import Nuwa
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    """0 = greedy (argmax)."""
+    top_k: int = 0
+    """Keep the k most likely codes (0 = all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of codes whose probability reaches p (1 = all)."""
+
+
+def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] → codes [B]."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / config.temperature
+    if config.top_k > 0:
+        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= config.top_p  # keep the first code that crosses p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _windows(q_grid, kv_grid, extent, causal, device):
+    """Per query, the key indices of its window ([N, W] long) and which slots are real ([N, W] bool)."""
+    plan = build_plan(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, 0, device, (1, 1, 1))
+    n = q_grid[0] * q_grid[1] * q_grid[2]
+    return plan.kv_index.view(n, plan.tile_k), plan.mask.view(n, plan.tile_k)
+
+
+class DecoderCache:
+    """Per decoder layer: <bos> key/value, grid keys/values filled as tokens arrive, condition keys/values."""
+
+    def __init__(self, model: Nuwa, condition: torch.Tensor, grid: tuple[int, int, int]):
+        B, n = condition.shape[0], grid[0] * grid[1] * grid[2]
+        d, heads = model.config.width, model.config.heads
+        device, dtype = condition.device, condition.dtype
+        self.grid_k = [torch.zeros(B, heads, n, d // heads, device=device, dtype=dtype) for _ in model.decoder]
+        self.grid_v = [torch.zeros_like(k) for k in self.grid_k]
+        self.bos_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.decoder)
+        self.condition_kv = []
+        for block in model.decoder:
+            k, v = block.cross_attn.key_value(condition).chunk(2, dim=-1)
+            self.condition_kv.append((block.cross_attn.split_heads(k), block.cross_attn.split_heads(v)))
+        condition_grid = (1, 1, condition.shape[1])
+        self.self_window = _windows(grid, grid, model.extent_for(grid), True, device)
+        self.cross_window = _windows(grid, condition_grid, model.config.text_extent, False, device)
+
+
+def _attend(attn, q, keys, values, visible):
+    """One query against a gathered window: q [B,h,1,hd], keys/values [B,h,W,hd], visible [W]."""
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[None, None, None, :])
+    B = y.shape[0]
+    return attn.proj(y.transpose(1, 2).reshape(B, 1, -1))
+
+
+def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> torch.Tensor:
+    """Run slot t (x [B, 1, d], already embedded) through the decoder; returns logits [B, V] for token t."""
+    index, visible = cache.self_window[0][t], cache.self_window[1][t]
+    cross_index, cross_visible = cache.cross_window[0][t], cache.cross_window[1][t]
+    true = torch.ones(1, dtype=torch.bool, device=x.device)
+    for i, block in enumerate(model.decoder):
+        attn = block.self_attn
+        h = block.norm_self(x)
+        q = attn.split_heads(attn.query(h))
+        k, v = (attn.split_heads(z) for z in attn.key_value(h).chunk(2, dim=-1))
+        if t == 0:
+            cache.bos_kv[i] = (k, v)  # slot 0 is <bos>: the global key
+        else:
+            cache.grid_k[i][:, :, t - 1] = k[:, :, 0]  # slot t holds the key of token t-1
+            cache.grid_v[i][:, :, t - 1] = v[:, :, 0]
+        bos_k, bos_v = cache.bos_kv[i]
+        keys = torch.cat([bos_k, cache.grid_k[i][:, :, index]], 2)
+        values = torch.cat([bos_v, cache.grid_v[i][:, :, index]], 2)
+        x = x + _attend(attn, q, keys, values, torch.cat([true, visible]))
+
+        cross = block.cross_attn
+        q = cross.split_heads(cross.query(block.norm_cross(x)))
+        cond_k, cond_v = cache.condition_kv[i]
+        x = x + _attend(cross, q, cond_k[:, :, cross_index], cond_v[:, :, cross_index], cross_visible)
+        x = x + block.mlp(block.norm_mlp(x))
+    return model.head(model.decoder_norm(x))[:, 0]
+
+
+@torch.no_grad()
+def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, reference: torch.Tensor | None = None,
+             keep: torch.Tensor | None = None, sampling: SamplingConfig = SamplingConfig(),
+             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    """text [B, 77] → codes [B, S, H, W]; `keep` [S, H, W] (or [B, S, H, W]) copies `reference` there.
+
+    `use_cache=False` recomputes the whole decoder for every token (the simple reference that
+    tests hold the cache equal to).
+    """
+    model.check_grid(grid)
+    B, n = text.shape[0], grid[0] * grid[1] * grid[2]
+    if keep is None:
+        keep = torch.zeros(grid, dtype=torch.bool)
+    keep = keep.to(text.device).expand(B, *grid).reshape(B, n)
+    if keep.any() and reference is None:
+        raise ValueError("keep marks positions to copy but no reference codes were given")
+    reference = (torch.zeros(B, n, dtype=torch.long, device=text.device) if reference is None
+                 else reference.to(text.device).expand(B, *grid).reshape(B, n).long())
+    codes = torch.zeros(B, n, dtype=torch.long, device=text.device)
+    condition = model.encode_text(text)
+    positions = model.position_embedding(grid)
+    cache = DecoderCache(model, condition, grid) if use_cache else None
+    for t in range(n):
+        if use_cache:
+            token = model.bos.expand(B, 1, -1) if t == 0 else model.code_embed(codes[:, t - 1: t])
+            logits = decode_step(model, cache, token + positions[t], t)
+        else:
+            logits = model.decode(codes.view(B, *grid), condition)[:, t]
+        sampled = sample_logits(logits, sampling, generator)
+        codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled)
+    return codes.view(B, *grid)
