@@ -44,6 +44,10 @@ class CaptionTokenizer:
             return np.full(TEXT_LENGTH, PAD_ID, dtype=np.int32), 0
         return self._grid(self._sp.encode(text)[: TEXT_LENGTH - 2])
 
+    def piece_count(self, caption: str) -> int:
+        """Pieces of the lower-cased caption before cutting (more than 75 do not fit)."""
+        return len(self._sp.encode(caption.strip().lower()))
+
     def encode_none(self) -> tuple[np.ndarray, int]:
         """The constant V2V condition: the encoding of the text "None"."""
         return self._grid([self.none_id])
