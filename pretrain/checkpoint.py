@@ -3,7 +3,9 @@
 Layout: `{output_dir}/checkpoints/step-00001000/` holds DeepSpeed's files and, written last by
 rank 0 once every rank has saved, `trainer_state.json` (step, data position, counters, the
 resolved config). A tag without that file is incomplete and never resumed from. Resume needs
-no flags beyond the path: the checkpoint describes itself.
+no flags beyond the path: the checkpoint describes itself, universal ones included (made by
+`tools/convert_checkpoint.py to-universal`, recognised by their `zero/` folder, loadable on
+any number of ranks).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from pretrain.config import TASKS
@@ -49,6 +52,11 @@ def complete_tags(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def is_universal(tag_dir: Path) -> bool:
+    """ds_to_universal's layout: one folder per parameter under zero/, beside the optimizer's common state."""
+    return (tag_dir / "zero" / "optimizer_state.pt").is_file()
 
 
 def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_last: int) -> Path:
@@ -105,6 +113,11 @@ def load(engine, tag_dir: Path, model_config: dict, load_optimizer: bool = True)
     """Load weights, optimizer and trainer state from a complete tag folder."""
     marker = read_marker(tag_dir)
     check_same_model(marker["config"]["model"], model_config, tag_dir)
+    zero3 = engine.zero_optimization_stage() == 3
+    if is_universal(tag_dir) and any(tag_dir.glob("zero_pp_rank_*_model_states.pt")) != zero3:
+        raise CheckpointError(f"checkpoint {tag_dir} is a universal checkpoint of a ZeRO-"
+                              f"{'1/2' if zero3 else '3'} run; resume it with that ZeRO stage (trainer.ds_config): "
+                              f"universal checkpoints change the world size, not between ZeRO-3 and ZeRO-1/2")
     try:
         load_path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
                                                    load_optimizer_states=load_optimizer,
@@ -114,4 +127,26 @@ def load(engine, tag_dir: Path, model_config: dict, load_optimizer: bool = True)
                            f"it may be truncated or from another DeepSpeed layout") from e
     if load_path is None:
         raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed found no model states to load")
+    if load_optimizer and is_universal(tag_dir) and zero3:
+        repair_zero3_universal_load(engine, tag_dir)
     return TrainState(**client["trainer_state"])
+
+
+def repair_zero3_universal_load(engine, tag_dir: Path) -> None:
+    """Undo two slips of DeepSpeed's (0.19) ZeRO-3 universal load that bite with several param groups.
+
+    It copies group 0's settings onto every group, so the no-decay group (biases, norms, <bos>)
+    would start decaying; and it hands every group one shared Adam `step` tensor, which each
+    group's update then increments, so bias corrections drift. The settings file is DeepSpeed's
+    own pickle, which it has just read the same way.
+    """
+    saved = torch.load(tag_dir / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    groups = saved["optimizer_state_dict"]["param_groups"]
+    if len(groups) != len(engine.optimizer.param_groups):
+        raise CheckpointError(f"checkpoint {tag_dir} has {len(groups)} optimizer param groups, the optimizer "
+                              f"{len(engine.optimizer.param_groups)}")
+    for group, saved_group in zip(engine.optimizer.param_groups, groups):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+    for state in engine.optimizer.optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()

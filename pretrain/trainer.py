@@ -83,8 +83,12 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, d
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
 
 
-def engine_config(config: PretrainConfig, world_size: int, tasks: set[str]) -> dict:
-    """The DeepSpeed JSON (engine knobs) plus what the trainer owns: batch sizes, clipping, precision."""
+def engine_config(config: PretrainConfig, world_size: int, tasks: set[str], load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON (engine knobs) plus what the trainer owns: batch sizes, clipping, precision.
+
+    `load_universal` (resuming from a universal checkpoint) sets DeepSpeed's `checkpoint.load_universal`;
+    the weights then come back through the ZeRO optimizer, so it needs ZeRO stage ≥ 1.
+    """
     path = Path(config.trainer.ds_config)
     if not path.is_file():
         raise FileNotFoundError(f"trainer.ds_config: {path} does not exist")
@@ -99,6 +103,11 @@ def engine_config(config: PretrainConfig, world_size: int, tasks: set[str]) -> d
               gradient_clipping=config.optim.grad_clip, steps_per_print=2**31 - 1,
               bf16={"enabled": config.trainer.precision == "bf16"},
               fp16={"enabled": config.trainer.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16})
+    if load_universal:
+        if ds.get("zero_optimization", {}).get("stage", 0) < 1:
+            raise ValueError(f"{path}: a universal checkpoint is loaded through the ZeRO optimizer; resume it with "
+                             f"zero_optimization.stage 1, 2 or 3")
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return ds
 
 
@@ -139,7 +148,8 @@ class Trainer:
 
         torch.manual_seed(trainer.seed)
         model = Nuwa(cfg.model)
-        ds = engine_config(cfg, self.world_size, self.tasks)
+        ds = engine_config(cfg, self.world_size, self.tasks,
+                           load_universal=resume_dir is not None and checkpoint.is_universal(resume_dir))
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
         optimizer = build_optimizer(model, cfg.optim, offload, self.device)
         schedule = lr_multiplier(cfg.optim, trainer.steps)

@@ -157,3 +157,51 @@ def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
     missing = write_config(tmp_path, code_shards, name="m")
     proc = launch(["--config", missing, "--data.video_shards", tmp_path / "none"])
     assert proc.returncode == 1 and "manifest.json not found" in proc.stderr.splitlines()[-1]
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    """The environment of a one-process group, undone after the test (later launches must not inherit it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def _poison_second_forward(trainer):
+    """Make the second micro-batch's loss NaN, as a bad batch or an fp16 overflow would."""
+    module, calls = trainer.engine.module, []
+    forward = module.forward
+
+    def poisoned(*args, **kwargs):
+        logits, loss = forward(*args, **kwargs)
+        calls.append(1)
+        return logits, loss * float("nan") if len(calls) == 2 else loss
+
+    module.forward = poisoned
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nan_loss_is_skipped_or_stops(tmp_path, code_shards, single_process, policy):
+    from pretrain.trainer import Trainer
+
+    config = load_config(write_config(tmp_path, code_shards, steps=3, checkpoint_every=100),
+                         ["--data.num_workers", "0", "--trainer.nan_policy", policy])
+    trainer = Trainer(config)
+    _poison_second_forward(trainer)
+    if policy == "stop":
+        with pytest.raises(FloatingPointError, match="non-finite loss at step 1, micro-step 1, task "):
+            trainer.train()
+        return
+    trainer.train()
+    state = trainer.state
+    assert (state.step, state.micro_step, state.skipped_batches) == (3, 7, 1)  # 6 good micro-batches + 1 bad
+    samples = sum(state.consumed.values())
+    assert samples > 0 and len(metrics(tmp_path / "run")) == 3

@@ -35,7 +35,7 @@ def main(argv=None):
             to_safetensors(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
         else:
             to_universal(args.checkpoint, args.out, force=args.force, workers=args.workers)
-    except (FileNotFoundError, FileExistsError, CheckpointError, KeyError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         sys.exit(1)
 
