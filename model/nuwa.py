@@ -164,7 +164,7 @@ class Nuwa(nn.Module):
         L = text.shape[1]
         if L != self.config.text_length:
             raise ValueError(f"text has {L} positions, the model expects {self.config.text_length}")
-        x = self.text_embed(text) + self.text_pos.weight  # (B, L, d)
+        x = self.text_embed(text) + self.text_pos(torch.arange(L, device=text.device))  # (B, L, d)
         for block in self.encoder:
             x = self._run(block, x, self.config.text_grid, self.config.text_extent)
         return self.encoder_norm(x)
@@ -172,8 +172,11 @@ class Nuwa(nn.Module):
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """[S·H·W, d]: per-axis tables added, in raster order."""
         S, H, W = grid
-        pos = (self.pos_time.weight[:S, None, None] + self.pos_row.weight[None, :H, None]
-               + self.pos_col.weight[None, None, :W])  # (S, H, W, d)
+        device = self.bos.device
+        # Called as modules (not .weight) so that ZeRO-3 gathers the tables before use.
+        time, row, col = (table(torch.arange(n, device=device)) for table, n in
+                          ((self.pos_time, S), (self.pos_row, H), (self.pos_col, W)))
+        pos = time[:, None, None] + row[None, :, None] + col[None, None, :]  # (S, H, W, d)
         return pos.reshape(S * H * W, -1)
 
     def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,11 @@ class TrainerConfig:
     keep_last: int = 3
     """Checkpoints to keep (older ones are deleted after a new one is complete)."""
     log_every: int = 10
+    sample_every: int = 0
+    """Steps between generated samples (T2I, T2V, V2V of fixed training captions/videos) decoded into
+    TensorBoard images; 0 = never. Needs `vqgan`."""
+    vqgan: str = ""
+    """VQ-GAN folder (VQGAN.save_pretrained) that decodes samples; its fingerprint must match the shards'."""
     seed: int = 0
     """Seeds the model init, the task sequence, the data order and dropout."""
     nan_policy: Literal["skip", "stop"] = "stop"
@@ -98,6 +103,8 @@ class PretrainConfig:
             raise ValueError(f"data.micro_batch has no size for {sorted(missing)}")
         if not self.data.schedule or self.data.schedule[0].start_step != 0:
             raise ValueError("data.schedule must start with a stage at start_step 0")
+        if self.trainer.sample_every > 0 and not self.trainer.vqgan:
+            raise ValueError("trainer.sample_every > 0 needs trainer.vqgan, the VQ-GAN that decodes samples")
 
     def to_dict(self) -> dict:
         return typed_config.to_dict(self)

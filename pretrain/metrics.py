@@ -62,6 +62,12 @@ class MetricLogger:
         self.window.clear()
         self.window_start = time.perf_counter()
 
+    def log_images(self, step: int, images: dict):
+        """name → uint8 [N, 3, H, W]; a video's frames are shown as N images."""
+        if self.enabled:
+            for name, batch in images.items():
+                self.tensorboard.add_images(name, batch, step, dataformats="NCHW")
+
     def log_event(self, message: str):
         if self.enabled:
             self.bar.write(message)

@@ -19,6 +19,9 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from model.nuwa import Nuwa
+from model.sampling import SamplingConfig, generate
+from model.tasks import keep_first_frames
+from model.vqgan import VQGAN
 from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, OptimConfig
@@ -123,6 +126,39 @@ class StopRequested:
         self.requested = True
 
 
+class SampleLogger:
+    """Generates T2I/T2V/V2V samples of fixed training captions/videos and decodes them with the VQ-GAN.
+
+    Every rank runs the generation in lockstep (ZeRO-3 gathers parameters collectively); rank 0 logs.
+    """
+
+    def __init__(self, vqgan_path: str, datasets: dict[str, TaskDataset], shards: dict, model_config, device):
+        self.vqgan = VQGAN.from_pretrained(vqgan_path).to(device).eval()
+        for modality, shard in shards.items():
+            if shard.manifest["vqgan_fingerprint"] != self.vqgan.fingerprint():
+                raise ValueError(f"trainer.vqgan {vqgan_path} is not the VQ-GAN that coded {shard.folder}")
+        self.requests = []  # (name, text [1, L], grid, reference codes or None, keep mask or None)
+        for task, dataset in sorted(datasets.items()):
+            sample = dataset[0]
+            grid = model_config.image_grid if task == "t2i" else model_config.video_grid
+            keep = keep_first_frames(grid, 1) if task == "v2v" else None
+            reference = sample["codes"][None] if task == "v2v" else None
+            self.requests.append((task, sample["text"][None].to(device), grid, reference, keep))
+
+    @torch.no_grad()
+    def generate(self, model: Nuwa) -> dict[str, torch.Tensor]:
+        """name → uint8 images [N, 3, H, W] (a video's frames as N)."""
+        model.eval()
+        images = {}
+        for task, text, grid, reference, keep in self.requests:
+            codes = generate(model, text, grid, reference=reference, keep=keep, sampling=SamplingConfig(top_k=32),
+                             generator=torch.Generator(device=text.device).manual_seed(0))
+            pixels = self.vqgan.decode_video(codes)[0]  # (T, 3, H, W) in [-1, 1]
+            images[f"samples/{task}"] = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        model.train()
+        return images
+
+
 class Trainer:
     def __init__(self, config: PretrainConfig, resume: str | None = None):
         self.config = config
@@ -168,6 +204,9 @@ class Trainer:
             Path(trainer.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(trainer.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.stop = StopRequested()
+        self.samples = None
+        if trainer.sample_every > 0:
+            self.samples = SampleLogger(trainer.vqgan, self.datasets, shards, cfg.model, self.device)
 
     def all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -241,4 +280,6 @@ class Trainer:
             if stop:
                 logger.log_event(f"stop requested: saved at step {self.state.step}, exiting")
                 break
+            if self.samples is not None and self.state.step % trainer.sample_every == 0:
+                logger.log_images(self.state.step, self.samples.generate(self.engine.module))
         return logger.close()

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny tokenizer and code shards in the real shard format, for trainer tests."""
 import numpy as np
 import pytest
+import torch
 
+from model.vqgan import VQGAN, VQGANConfig
 from preprocess.shards import ShardWriter, make_manifest, shard_name
 from preprocess.train_tokenizer import train_tokenizer
 
@@ -17,7 +19,7 @@ def _patterned_codes(colour: int, frames: int, rng) -> np.ndarray:
     return np.where(noise, rng.integers(0, CODEBOOK, codes.shape), codes).astype(np.uint16)
 
 
-def _write_dataset(folder, tokenizer, modality, n, seed, missing_every=0):
+def _write_dataset(folder, tokenizer, vqgan_fingerprint, modality, n, seed, missing_every=0):
     rng = np.random.default_rng(seed)
     frames = 1 if modality == "image" else FRAMES
     codes, texts, lengths, keys = [], [], [], []
@@ -40,7 +42,7 @@ def _write_dataset(folder, tokenizer, modality, n, seed, missing_every=0):
     record = {"unit": 0, "source": "fixture", "rows": None, "num_inputs": n, "num_inputs_used": n,
               "shards": shards, "skipped": [], "captions": {}}
     header = {"modality": modality, "grid": [frames, GRID, GRID], "text_length": 77, "codebook_size": CODEBOOK,
-              "vqgan_fingerprint": "fixture-vq", "tokenizer_fingerprint": tokenizer.fingerprint(),
+              "vqgan_fingerprint": vqgan_fingerprint, "tokenizer_fingerprint": tokenizer.fingerprint(),
               "tokenizer_vocab_size": tokenizer.vocab_size}
     writer.write_manifest(make_manifest(header, [record]))
     return folder
@@ -48,15 +50,22 @@ def _write_dataset(folder, tokenizer, modality, n, seed, missing_every=0):
 
 @pytest.fixture(scope="session")
 def code_shards(tmp_path_factory):
-    """{'image': folder, 'video': folder, 'tokenizer': model path, 'vocab_size': int} for a tiny model."""
+    """{'image', 'video': shard folders, 'tokenizer': model path, 'vocab_size', 'vqgan': folder} for a tiny model.
+
+    The codes are patterned rather than encoded images (so that a tiny model learns them in a few
+    steps), but the manifests carry the identity of a real (untrained) VQ-GAN that can decode them."""
     root = tmp_path_factory.mktemp("code_shards")
     captions = root / "captions.txt"
     captions.write_text("\n".join(f"a {c} {s} moving {d}" for c in COLOURS for s in ("square", "circle")
                                   for d in ("left", "right")) + "\n")
     tokenizer = train_tokenizer([str(captions)], root / "tok", vocab_size=64)
-    return {"image": str(_write_dataset(root / "image", tokenizer, "image", 48, seed=1)),
-            "video": str(_write_dataset(root / "video", tokenizer, "video", 24, seed=2, missing_every=4)),
-            "tokenizer": str(root / "tok.model"), "vocab_size": tokenizer.vocab_size}
+    torch.manual_seed(0)
+    vqgan = VQGAN(VQGANConfig.from_preset("tiny", resolution=GRID * 8, codebook_size=CODEBOOK))  # 8× downsampling
+    vqgan.save_pretrained(root / "vqgan")
+    fingerprint = vqgan.fingerprint()
+    return {"image": str(_write_dataset(root / "image", tokenizer, fingerprint, "image", 48, seed=1)),
+            "video": str(_write_dataset(root / "video", tokenizer, fingerprint, "video", 24, seed=2, missing_every=4)),
+            "tokenizer": str(root / "tok.model"), "vocab_size": tokenizer.vocab_size, "vqgan": str(root / "vqgan")}
 
 
 def tiny_model_overrides(vocab_size: int) -> dict:

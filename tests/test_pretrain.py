@@ -205,3 +205,20 @@ def test_nan_loss_is_skipped_or_stops(tmp_path, code_shards, single_process, pol
     assert (state.step, state.micro_step, state.skipped_batches) == (3, 7, 1)  # 6 good micro-batches + 1 bad
     samples = sum(state.consumed.values())
     assert samples > 0 and len(metrics(tmp_path / "run")) == 3
+
+
+def test_samples_are_generated_into_tensorboard(tmp_path, code_shards, single_process):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.trainer import Trainer
+
+    config = load_config(write_config(tmp_path, code_shards, steps=2, checkpoint_every=100),
+                         ["--data.num_workers", "0", "--trainer.sample_every", "2", "--trainer.vqgan",
+                          code_shards["vqgan"]])
+    Trainer(config).train()
+    events = EventAccumulator(str(tmp_path / "run/tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"samples/t2i", "samples/t2v", "samples/v2v"} <= set(events.Tags()["images"])
+    assert events.Images("samples/t2v")[0].step == 2
+    with pytest.raises(ValueError, match="needs trainer.vqgan"):
+        load_config(write_config(tmp_path, code_shards), ["--trainer.sample_every", "2"])
