@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import CODEBOOK
 from model.pretrained import WEIGHTS, load_pretrained, read_info, save_pretrained
+from model.vqgan import VQGAN
 from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
 from pretrain.checkpoint import CheckpointError
@@ -95,7 +96,7 @@ def test_zero2_export_equals_the_ranks_weights_and_reproduces_the_logged_loss(ze
         metrics(zero2_run)[5]["loss"], abs=EXPORT_TOLERANCE)
     info = read_info(out)
     assert info["step"] == 4 and info["preset"] == "tiny" and info["dtype"] == "float32"
-    assert info["model"]["codebook_size"] == CODEBOOK and info["vqgan_fingerprint"] == "fixture-vq"
+    assert info["model"]["codebook_size"] == CODEBOOK and info["vqgan_fingerprint"] == VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()
     assert info["tokenizer"] == code_shards["tokenizer"]
     assert info["tokenizer_fingerprint"] == CaptionTokenizer(code_shards["tokenizer"]).fingerprint()
     assert read_info(to_safetensors(zero2_run, tmp_path / "newest"))["step"] == 8  # a run folder: newest tag
