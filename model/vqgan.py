@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class VQGANConfig:
 
 
 PRESETS: dict[str, VQGANConfig] = {
-    # CPU tests and the demo: 64 px → 8×8 codes, ~1.2M parameters.
+    # CPU tests and the demo: 64 px → 8×8 codes, 1.1M parameters.
     "tiny": VQGANConfig(resolution=64, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_levels=(3,),
                         z_channels=32, embed_dim=32, codebook_size=512, norm_groups=8),
     # NÜWA-336 (the paper's default): taming's f16 ImageNet architecture with 12,288 codes, 336 px → 21×21.
@@ -421,7 +421,7 @@ class VQGAN(nn.Module):
         for name, tensor in sorted(self.state_dict().items()):
             tensor = tensor.detach().cpu().contiguous()
             if tensor.is_floating_point():
-                tensor = tensor.float()  # the same weights give the same identity in fp32 and bf16 copies
+                tensor = tensor.float()  # weights stored in bf16 and their exact fp32 upcast share one identity
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
