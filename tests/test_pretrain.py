@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,11 +36,22 @@ def write_config(tmp_path, code_shards, name="run", **trainer):
     return path
 
 
-def launch(args, ranks=None, env=None, timeout=300):
-    """Run pretrain/main.py under the deepspeed launcher (ranks) or plain python; return the process."""
-    prefix = ["deepspeed", "--num_gpus", str(ranks)] if ranks else [sys.executable]
+def launch(args, ranks=None, env=None, timeout=300, launcher="deepspeed"):
+    """Run pretrain/main.py under a launcher with `ranks` processes (deepspeed or torchrun), or plain python."""
+    prefix = [sys.executable]
+    if ranks and launcher == "deepspeed":
+        prefix = ["deepspeed", "--num_gpus", str(ranks)]
+    elif ranks:
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                  "--master_port", str(_free_port())]
     return subprocess.run(prefix + [str(ROOT / "pretrain/main.py"), *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def metrics(output_dir) -> dict[int, dict]:
@@ -78,9 +90,10 @@ def test_two_ranks_zero2_resume_continues_exactly(tmp_path, code_shards):
     assert end_part == end_full and end_part["consumed"]["t2i"] > 0
 
 
-def test_two_ranks_zero3(tmp_path, code_shards):
+def test_two_ranks_zero3_under_torchrun(tmp_path, code_shards):
     config = write_config(tmp_path, code_shards, steps=6, checkpoint_every=6)
-    proc = launch(["--config", config, "--trainer.ds_config", ROOT / "ds_configs/zero3.json"], ranks=2)
+    proc = launch(["--config", config, "--trainer.ds_config", ROOT / "ds_configs/zero3.json"], ranks=2,
+                  launcher="torchrun")
     check(proc)
     run = metrics(tmp_path / "run")
     assert run[6]["loss"] < run[1]["loss"] - 0.1
@@ -162,12 +175,8 @@ def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
 @pytest.fixture
 def single_process(monkeypatch):
     """The environment of a one-process group, undone after the test (later launches must not inherit it)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
+                           MASTER_PORT=str(_free_port())).items():
         monkeypatch.setenv(key, value)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
