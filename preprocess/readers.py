@@ -214,6 +214,7 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
     if not data:
         raise SkipInput(ZERO_BYTE)
     decord.logging.set_level(decord.logging.QUIET)
+    reader = None
     try:
         reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
         if len(reader) == 0:
@@ -227,6 +228,10 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
         frames = dict(zip(wanted, reader.get_batch(wanted).asnumpy()))
     except (RuntimeError, decord.DECORDError) as error:
         raise SkipInput(CORRUPT_VIDEO, str(error).splitlines()[0][:200]) from None
+    finally:
+        # Free the reader now: left in a traceback's reference cycle, it would be collected later,
+        # possibly in a forked DataLoader worker, where decord's destructor aborts the process.
+        del reader
     return [np.stack([np.asarray(resize_center_crop(Image.fromarray(frames[i]), resolution)).transpose(2, 0, 1)
                       for i in clip]) for clip in clips]
 
