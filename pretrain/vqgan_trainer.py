@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -80,7 +80,10 @@ class DataConfig:
 class LossConfig:
     """Weights of the VQ-GAN objective (taming's defaults where it has them)."""
     pixel_weight: float = 1.0
-    """L1 reconstruction weight."""
+    """Pixel reconstruction weight."""
+    pixel_loss: Literal["l1", "l2"] = "l1"
+    """"l1" (taming's) or "l2": squared error pushes hardest on the largest errors, which at small
+    scale (few steps, small objects on flat backgrounds) is what teaches the objects' colours."""
     perceptual_weight: float = 1.0
     """LPIPS weight (0 = off)."""
     lpips_weights: str = "auto"
@@ -266,7 +269,8 @@ def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | Non
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16)
     with autocast:
         rec, vq_loss, codes = vqgan(images)  # (B, 3, H, W), scalar, (B, h, w)
-        rec_loss = loss_cfg.pixel_weight * (images - rec).abs().mean()
+        error = images - rec
+        rec_loss = loss_cfg.pixel_weight * (error.abs() if loss_cfg.pixel_loss == "l1" else error.square()).mean()
         perceptual = lpips(rec, images).mean() if lpips is not None and loss_cfg.perceptual_weight > 0 else None
         if perceptual is not None:
             rec_loss = rec_loss + loss_cfg.perceptual_weight * perceptual

@@ -458,3 +458,17 @@ def test_config_rejects_unknown_keys_and_reads_presets(tmp_path):
     (tmp_path / "c.yaml").write_text("preset: tiny\ntrain:\n  stpes: 3\n")
     with pytest.raises(ValueError, match="unknown config key.*train.stpes"):
         load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("pixel_loss, reduce", [("l1", lambda e: e.abs().mean()), ("l2", lambda e: e.square().mean())])
+def test_pixel_loss_choice(pixel_loss, reduce):
+    model = small_model(seed=0).train()
+    disc = PatchDiscriminator(3, 16, n_layers=2)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (model, disc))
+    images = zoomed_shapes(2, seed=1)
+    with torch.no_grad():
+        rec, vq_loss, _ = model(images)
+    expected = (reduce(images - rec) + vq_loss).item()
+    loss_cfg = LossConfig(perceptual_weight=0.0, disc_start=10**9, pixel_loss=pixel_loss)
+    metrics = train_step(model, disc, None, opt_g, opt_d, images, 0, loss_cfg)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
