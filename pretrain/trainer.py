@@ -32,14 +32,18 @@ ENGINE_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
                "scheduler", "gradient_clipping", "bf16", "fp16"}
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a one-process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """Join the process group under `deepspeed`, `torchrun`, or plain `python` (a group of one)."""
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     accelerator = get_accelerator()
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

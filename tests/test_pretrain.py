@@ -3,7 +3,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from conftest import tiny_model_overrides
 from pretrain import checkpoint
 from pretrain.config import load_config
 from pretrain.data import GlobalOrderSampler, open_shards, task_at
+from pretrain.trainer import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,15 +43,9 @@ def launch(args, ranks=None, env=None, timeout=300, launcher="deepspeed"):
         prefix = ["deepspeed", "--num_gpus", str(ranks)]
     elif ranks:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                  "--master_port", str(_free_port())]
+                  "--master_port", str(free_port())]
     return subprocess.run(prefix + [str(ROOT / "pretrain/main.py"), *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(output_dir) -> dict[int, dict]:
@@ -176,7 +170,7 @@ def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
 def single_process(monkeypatch):
     """The environment of a one-process group, undone after the test (later launches must not inherit it)."""
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(_free_port())).items():
+                           MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
