@@ -111,6 +111,11 @@ class TrainConfig:
     """Adam learning rate of the autoencoder."""
     disc_lr: float = 1e-4
     """Adam learning rate of the discriminator."""
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    """"constant" (taming's) or "cosine": both learning rates fall to `min_lr_ratio` of their value
+    by the last step, which settles the codebook of a short run."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the initial one under cosine decay."""
     betas: tuple[float, float] = (0.5, 0.9)
     """Adam betas (taming's)."""
     grad_clip: float = 1.0
@@ -254,6 +259,14 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def lr_multiplier(train: TrainConfig, step: int) -> float:
+    """Learning-rate factor at `step` (a pure function of the step, so a resume needs no scheduler state)."""
+    if train.lr_decay == "constant":
+        return 1.0
+    progress = min(step / max(1, train.steps - 1), 1.0)
+    return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | None, opt_g: torch.optim.Optimizer,
@@ -492,6 +505,9 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
     started, metrics, usage = time.time(), {}, float("nan")
     for step in range(start, cfg.train.steps):
         images = next(batches).to(run.device, non_blocking=True)
+        for optimizer, lr in ((run.opt_g, cfg.train.lr), (run.opt_d, cfg.train.disc_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_multiplier(cfg.train, step)
         run.vqgan.train()
         run.disc.train()
         metrics = train_step(run.vqgan, run.disc, run.lpips, run.opt_g, run.opt_d, images, step, cfg.loss,

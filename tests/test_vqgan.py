@@ -16,8 +16,8 @@ from PIL import Image
 from model.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from model.vqgan import VQGAN, VQGANConfig, VectorQuantizer, infer_taming_config
 from preprocess.readers import ClipSampling
-from pretrain.vqgan_trainer import (LossConfig, list_inputs, load_config, psnr, read_frames, restart_dead_codes, train,
-                                    train_step)
+from pretrain.vqgan_trainer import (LossConfig, list_inputs, load_config, lr_multiplier, psnr, read_frames,
+                                    restart_dead_codes, train, train_step)
 from tools.make_demo_data import caption, encode_mp4, random_spec, render_frame, render_video
 
 # 32 px → 8×8 codes; small enough for about 0.1 s per training step on one core
@@ -412,7 +412,8 @@ def test_train_vqgan_end_to_end_and_resume(tmp_path, caplog):
                  "--train.batch_size", "2", "--train.ckpt_every", "2", "--train.restart_every", "2",
                  "--train.out_dir", str(tmp_path / "run"), "--loss.perceptual_weight", "0",
                  "--loss.disc_start", "1", "--loss.disc_layers", "2", "--train.log_every", "1",
-                 "--train.image_every", "2", "--train.lr", "1e-3"]
+                 "--train.image_every", "2", "--train.lr", "1e-3", "--train.lr_decay", "cosine",
+                 "--train.min_lr_ratio", "0.1"]
     for key, value in SMALL.items():
         overrides += [f"--model.{key}", json.dumps(list(value) if isinstance(value, tuple) else value)]
     summary = train(load_config(None, overrides + ["--train.steps", "2"]))
@@ -427,6 +428,8 @@ def test_train_vqgan_end_to_end_and_resume(tmp_path, caplog):
     state = torch.load(checkpoints / "step_00000004" / "train_state.pt", weights_only=True)
     assert state["step"] == 4
     assert all(s["step"] == 4 for s in state["opt_g"]["state"].values())  # Adam continued from step 2
+    # cosine decay: the last step (index 3 of 4) runs at min_lr_ratio × lr, the discriminator's too
+    assert [state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")] == pytest.approx([1e-4, 1e-5])
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000002", "step_00000004"]
     final = VQGAN.from_pretrained(tmp_path / "run" / "final")
     assert final.fingerprint() == VQGAN.from_pretrained(checkpoints / "step_00000004" / "vqgan").fingerprint()
@@ -450,6 +453,12 @@ def test_video_frames_become_training_images(tmp_path):
     for j, frame in enumerate(decoded):  # clip frame j is the video frame at j / 2.5 s, i.e. index 2j at 5 fps
         error = np.abs(frame.transpose(1, 2, 0).astype(int) - frames[2 * j].astype(int)).mean()
         assert error < 8, (j, error)  # H.264 is lossy; a wrong frame would miss the moving shape by far more
+
+
+def test_lr_decay_is_a_function_of_the_step():
+    config = load_config(None, ["--train.steps", "101", "--train.lr_decay", "cosine", "--train.min_lr_ratio", "0.2"])
+    assert [lr_multiplier(config.train, s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.6, 0.2])
+    assert lr_multiplier(load_config(None, ["--train.steps", "101"]).train, 100) == 1.0  # taming's constant
 
 
 def test_config_rejects_unknown_keys_and_reads_presets(tmp_path):
