@@ -284,7 +284,9 @@ class VectorQuantizer(nn.Module):
     VQ training. The quantizer counts how often each code is chosen while training (`usage`, a
     non-persistent buffer, so checkpoints keep taming's layout); the trainer periodically calls
     `restart_dead_codes`, which moves codes chosen fewer than `min_count` times since the last
-    call onto randomly picked encoder outputs, where they will be chosen again.
+    call onto encoder outputs, where they will be chosen again. Outputs are picked as k-means++
+    seeds are (probability ∝ squared distance to the nearest live code), so revived codes go where
+    the codebook is worst (rare colours, edges), not mostly onto the commonest content (backgrounds).
     """
 
     def __init__(self, codebook_size: int, dim: int, beta: float):
@@ -327,9 +329,17 @@ class VectorQuantizer(nn.Module):
         codebook from one rank after, so that every rank ends with the same codes.
         """
         dead = (self.usage < min_count).nonzero().squeeze(1)  # (n_dead,)
+        live = self.usage >= min_count
         if len(dead):
-            pick = torch.randint(len(latents), (len(dead),), device=latents.device)
-            new = latents[pick].float()
+            latents = latents.float()
+            if live.any():
+                error = torch.cdist(latents, self.embedding.weight[live].float()).min(1).values.square()  # (N,)
+            else:
+                error = torch.ones(len(latents), device=latents.device)
+            if error.sum() <= 0:  # every latent sits exactly on a live code: pick uniformly
+                error = torch.ones_like(error)
+            pick = torch.multinomial(error, len(dead), replacement=bool((error > 0).sum() < len(dead)))
+            new = latents[pick]
             new = new + 0.01 * new.std() * torch.randn_like(new)  # distinct even when a latent is picked twice
             self.embedding.weight[dead] = new.to(self.embedding.weight)
         self.usage.zero_()

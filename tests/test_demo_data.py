@@ -7,6 +7,7 @@ import av  # noqa: F401  (PyAV before anything loads decord, see preprocess/read
 import numpy as np
 import pytest
 
+from tools.learning_check import wrapped_centroid
 from tools.make_demo_data import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, DemoDataConfig, ShapeSpec, caption,
                                   make_demo_data, object_centre, random_spec, render_frame)
 
@@ -29,7 +30,7 @@ def test_vocabulary_is_distinct_and_caption_states_it():
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
 def test_render_frame_moves_the_flat_coloured_shape(direction):
-    spec = ShapeSpec("circle", "green", "large", "gray", direction, (0.5, 0.5), 0.06)
+    spec = ShapeSpec("circle", "green", "large", "gray", direction, (0.5, 0.5), 0.03)  # stays clear of the edges
     size = 96
     first, later = render_frame(spec, 0.0, size), render_frame(spec, 4.0, size)
     colours = {tuple(c) for c in first.reshape(-1, 3)}
@@ -40,14 +41,21 @@ def test_render_frame_moves_the_flat_coloured_shape(direction):
     assert np.sign(moved).round().tolist() == [float(d) for d in DIRECTIONS[direction]]
 
 
-def test_video_spec_stays_inside_the_frame():
+def test_video_shapes_wrap_around_the_edges():
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        spec = random_spec(rng, duration=10.0)
-        r = SIZES[spec.size]
-        for t in (0.0, 10.0):
+    for _ in range(50):
+        spec = random_spec(rng, speed=0.3125)
+        dx, dy = DIRECTIONS[spec.direction]
+        for t in (0.0, 1.6, 10.0):
             x, y = object_centre(spec, t)
-            assert r - 1e-9 <= x <= 1 - r + 1e-9 and r - 1e-9 <= y <= 1 - r + 1e-9
+            assert 0 <= x < 1 and 0 <= y < 1
+            shift = (np.array([x, y]) - spec.start - 0.3125 * t * np.array([dx, dy]) + 0.5) % 1 - 0.5
+            np.testing.assert_allclose(shift, 0, atol=1e-9)
+    # half a shape past the left edge shows the other half on the right edge, same colour
+    spec = ShapeSpec("square", "red", "large", "black", "left", (0.0, 0.5), 0.1)
+    frame = render_frame(spec, 0.0, 64)
+    red = (frame == COLOURS["red"]).all(-1)
+    assert red[:, :5].sum() == red[:, -5:].sum() > 0 and not red[:, 20:44].any()
 
 
 def _members(path):
@@ -84,9 +92,11 @@ def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
     with av.open(io.BytesIO(videos["000000001.mp4"])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 120 and frames[0].shape == (32, 32, 3)
-    for t in (0, 60, 119):  # the decoded object sits where the spec puts it
-        found = centroid_of(frames[t], COLOURS[spec.colour], tolerance=60)
-        np.testing.assert_allclose(found, np.array(object_centre(spec, t / 12)) * 32 - 0.5, atol=1.5)
+    for t in (0, 60, 119):  # the decoded object sits where the spec puts it (on the wrapped frame)
+        mask = np.abs(frames[t].astype(int) - COLOURS[spec.colour]).max(axis=-1) <= 60
+        found = wrapped_centroid(mask)
+        expected = np.array(object_centre(spec, t / 12)) * 32 - 0.5
+        np.testing.assert_allclose((found - expected + 16) % 32 - 16, 0, atol=1.5)
 
     heldout = [json.loads(line) for line in (tmp_path / "a/videos/heldout.jsonl").read_text().splitlines()]
     train = [json.loads(line) for line in (tmp_path / "a/videos/train.jsonl").read_text().splitlines()]

@@ -1,15 +1,19 @@
 """The demo's pixel analysis reads colour and motion correctly from the demo's own rendered media."""
 import numpy as np
 
-from tools.learning_check import caption_words, match_rate, motion_direction, object_colour
-from tools.make_demo_data import caption, random_spec, render_frame, render_video
+import torch
+
+from model.vqgan import VQGAN, VQGANConfig
+from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, match_rate, motion_direction, object_colour,
+                                  palette_through, wrapped_centroid)
+from tools.make_demo_data import DemoDataConfig, ShapeSpec, caption, random_spec, render_frame, render_video
 
 
 def test_colour_and_direction_are_read_back_from_rendered_samples():
     rng = np.random.default_rng(0)
     colours, directions, expected_c, expected_d = [], [], [], []
     for _ in range(40):
-        spec = random_spec(rng, duration=10.0)
+        spec = random_spec(rng, speed=DemoDataConfig.speed)
         frames = render_video(spec, seconds=4.0, fps=2.5, image_size=64)  # 10 frames: what a clip holds
         words = caption_words(caption(spec))
         colours.append(object_colour(frames[0]))
@@ -23,7 +27,31 @@ def test_colour_and_direction_are_read_back_from_rendered_samples():
 def test_no_object_and_no_motion_give_none():
     plain = np.full((64, 64, 3), 255, dtype=np.uint8)
     assert object_colour(plain) is None
-    spec = random_spec(np.random.default_rng(1), duration=None)
+    spec = random_spec(np.random.default_rng(1), speed=None)
     still = np.stack([render_frame(spec, 0.0, 64)] * 5)
     assert motion_direction(still) is None
     assert caption_words("a large blue square on a black background") == {"colour": "blue", "direction": None}
+
+
+def test_motion_across_an_edge_is_read_the_short_way_round():
+    # 0.1 sides per frame to the left from x = 0.15: the shape crosses the left edge and comes back
+    # on the right; a plain centroid would see a jump of most of the frame to the right.
+    spec = ShapeSpec("square", "blue", "large", "white", "left", (0.15, 0.5), 0.25)
+    frames = render_video(spec, seconds=2.0, fps=2.5, image_size=64)
+    assert motion_direction(frames) == "left"
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[30:34, :3] = mask[30:34, -3:] = True  # cut by the left/right edge
+    np.testing.assert_allclose(wrapped_centroid(mask), [63.5, 31.5], atol=1e-6)
+
+
+def test_pixels_are_read_against_the_palette_the_vqgan_draws():
+    torch.manual_seed(0)
+    vqgan = VQGAN(VQGANConfig.from_preset("tiny", resolution=32, codebook_size=16)).eval()
+    drawn = palette_through(vqgan)
+    assert drawn.shape == PALETTE.shape and np.isfinite(drawn).all() and (0 <= drawn).all() and (drawn <= 255).all()
+    # a VQ-GAN that draws red as orange: an orange shape is read as red against its palette
+    shifted = PALETTE.copy()
+    shifted[PALETTE_NAMES.index("red")] = (240, 130, 40)
+    frame = render_frame(ShapeSpec("circle", "red", "large", "white", None, (0.5, 0.5), 0.0), 0.0, 64).copy()
+    frame[(frame == (230, 25, 25)).all(-1)] = (235, 125, 45)
+    assert object_colour(frame) != "red" and object_colour(frame, palette=shifted) == "red"

@@ -27,7 +27,7 @@ def setup(code_shards, tmp_path_factory):
     info = {"tokenizer": code_shards["tokenizer"], "tokenizer_fingerprint": tokenizer.fingerprint(),
             "vqgan_fingerprint": VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()}
     save_pretrained(model, root / "model", info=info)
-    spec = random_spec(np.random.default_rng(0), duration=2.0)
+    spec = random_spec(np.random.default_rng(0), speed=0.3125)
     (root / "clip.mp4").write_bytes(encode_mp4(render_video(spec, 2.0, 10, 32), fps=10))
     (root / "photo.jpg").write_bytes(encode_jpeg(render_frame(spec, 0.0, 32)))
     return root, code_shards

@@ -148,6 +148,21 @@ def test_dead_code_restart_revives_unused_codes():
     assert codes.unique().numel() >= 12
 
 
+def test_restarts_go_where_the_codebook_is_worst():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(codebook_size=8, dim=2, beta=0.25).train()
+    common = 0.01 * torch.randn(990, 2)  # 99% of the latents: one cluster, already served by code 0
+    rare = torch.tensor([[5.0, 0.0]]) + 0.01 * torch.randn(10, 2)  # 1%: far from every live code
+    quantizer.embedding.weight.data[:] = 50.0
+    quantizer.embedding.weight.data[0] = 0.0
+    quantizer.usage[0] = 1000
+    assert quantizer.restart_dead_codes(torch.cat([common, rare]), min_count=1) == 7
+    revived = quantizer.embedding.weight.data[1:]
+    # a uniform pick would land about 7 × 1% = 0.07 codes on the rare cluster; the error-weighted
+    # pick puts nearly all of them there (each rare latent weighs 25 / 1e-4 times a common one)
+    assert ((revived - torch.tensor([5.0, 0.0])).norm(dim=1) < 0.1).sum() >= 6
+
+
 # ----------------------------------------------------------------------------- taming import
 
 def taming_shapes(ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, embed_dim, n_embed,
@@ -441,7 +456,7 @@ def test_train_vqgan_end_to_end_and_resume(tmp_path, caplog):
 
 
 def test_video_frames_become_training_images(tmp_path):
-    spec = random_spec(np.random.default_rng(0), 2.0)
+    spec = random_spec(np.random.default_rng(0), 0.3125)
     frames = render_video(spec, seconds=2.0, fps=5, image_size=32)  # (10, 32, 32, 3)
     with wds.TarWriter(str(tmp_path / "videos.tar")) as writer:
         writer.write({"__key__": "000000000", "mp4": encode_mp4(frames, fps=5), "txt": caption(spec)})

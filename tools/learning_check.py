@@ -1,31 +1,60 @@
 """The demo's learning check: read an object's colour and motion direction back from pixels.
 
 Deterministic and simple on purpose: every pixel is snapped to the nearest colour of the demo
-palette (object colours + backgrounds); the background is the commonest colour on the border;
-the object is the commonest object colour elsewhere; its motion is the displacement of its
-centroid from the first to the last frame. Applied to generated samples and compared with
-their captions, it measures whether the model learned the words, against chance (1 / choices).
+palette (object colours + backgrounds); the background is the commonest colour of the frame;
+the object is the commonest object colour elsewhere; its motion is the sum of its centroid's
+frame-to-frame shifts, taken the short way round (the demo's shapes wrap around the edges).
+Applied to generated samples and compared with their captions, it measures whether the model
+learned the words, against chance (1 / choices). Generated samples are read against the palette
+as the VQ-GAN draws it (`palette_through`), since every pixel they have is the VQ-GAN's drawing.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS
+from model.vqgan import VQGAN
+from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS, ShapeSpec, render_frame
 
 PALETTE_NAMES = list(COLOURS) + list(BACKGROUNDS)
 PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)  # [P, 3]
 
 
-def palette_labels(frame: np.ndarray) -> np.ndarray:
+def palette_through(vqgan: VQGAN) -> np.ndarray:
+    """The palette as `vqgan` draws it, [P, 3]: a small VQ-GAN shifts hues (green comes out teal),
+    and generated pixels are the VQ-GAN's drawing, so they are read against the same drawing.
+
+    Object colour: the mean decoded colour inside a large circle of that colour, over every
+    background; background colour: the mean of a plain frame of it, decoded."""
+    size = vqgan.config.resolution
+    frames, masks = [], []
+    for name in COLOURS:
+        for background in BACKGROUNDS:
+            frame = render_frame(ShapeSpec("circle", name, "large", background, None, (0.5, 0.5), 0.0), 0.0, size)
+            frames.append(frame)
+            masks.append((frame == COLOURS[name]).all(-1))
+    for background in BACKGROUNDS:
+        frames.append(np.full((size, size, 3), BACKGROUNDS[background], dtype=np.uint8))
+        masks.append(np.ones((size, size), dtype=bool))
+    with torch.no_grad():
+        codes = vqgan.encode(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        drawn = ((vqgan.decode(codes).clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()  # [N, H, W, 3]
+    means = np.stack([d[m].mean(0) for d, m in zip(drawn, masks)])
+    per_background = len(BACKGROUNDS)
+    objects = means[: len(COLOURS) * per_background].reshape(len(COLOURS), per_background, 3).mean(1)
+    return np.concatenate([objects, means[len(COLOURS) * per_background:]]).astype(np.float32)
+
+
+def palette_labels(frame: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
     """uint8 [H, W, 3] → index of the nearest palette colour per pixel, [H, W]."""
-    distances = ((frame[..., None, :].astype(np.float32) - PALETTE) ** 2).sum(-1)
+    distances = ((frame[..., None, :].astype(np.float32) - palette) ** 2).sum(-1)
     return distances.argmin(-1)
 
 
 def _object_mask(labels: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int | None]:
-    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    background = np.bincount(border, minlength=len(PALETTE)).argmax()
-    counts = np.bincount(labels.ravel(), minlength=len(PALETTE))[: len(COLOURS)].copy()
+    counts = np.bincount(labels.ravel(), minlength=len(PALETTE))
+    background = counts.argmax()  # the shape covers at most a quarter of the frame
+    counts = counts[: len(COLOURS)].copy()
     if background < len(COLOURS):
         counts[background] = 0
     colour = int(counts.argmax())
@@ -34,22 +63,42 @@ def _object_mask(labels: np.ndarray, min_fraction: float) -> tuple[np.ndarray, i
     return labels == colour, colour
 
 
-def object_colour(frame: np.ndarray, min_fraction: float = 0.01) -> str | None:
+def object_colour(frame: np.ndarray, min_fraction: float = 0.01, palette: np.ndarray = PALETTE) -> str | None:
     """The colour word of the object in a uint8 [H, W, 3] frame, or None when there is no object."""
-    _, colour = _object_mask(palette_labels(frame), min_fraction)
+    _, colour = _object_mask(palette_labels(frame, palette), min_fraction)
     return None if colour is None else PALETTE_NAMES[colour]
 
 
-def motion_direction(frames: np.ndarray, min_shift: float = 2.0, min_fraction: float = 0.01) -> str | None:
-    """The direction word of the object's motion over uint8 [T, H, W, 3] frames, or None."""
-    first, colour = _object_mask(palette_labels(frames[0]), min_fraction)
+def wrapped_centroid(mask: np.ndarray) -> np.ndarray:
+    """(x, y) centre of a boolean [H, W] mask on the torus the demo's shapes move on: a shape
+    cut by an edge (half on the left, half on the right) is centred on that edge, not mid-frame."""
+    centre = []
+    for axis, size in ((1, mask.shape[1]), (0, mask.shape[0])):
+        angles = 2 * np.pi * (np.nonzero(mask)[axis] + 0.5) / size
+        mean = np.arctan2(np.sin(angles).mean(), np.cos(angles).mean())
+        centre.append((mean * size / (2 * np.pi) - 0.5) % size)
+    return np.array(centre)
+
+
+def motion_direction(frames: np.ndarray, min_shift: float = 2.0, min_fraction: float = 0.01,
+                     palette: np.ndarray = PALETTE) -> str | None:
+    """The direction word of the object's motion over uint8 [T, H, W, 3] frames, or None.
+
+    The object (colour read from the first frame) is followed frame to frame; each step's
+    centroid shift is taken the short way round the wrapped frame, and the steps are summed.
+    Frames where the object is missing are passed over."""
+    first, colour = _object_mask(palette_labels(frames[0], palette), min_fraction)
     if colour is None:
         return None
-    last = palette_labels(frames[-1]) == colour
-    if last.sum() < min_fraction * last.size:
-        return None
-    (y0, x0), (y1, x1) = (np.argwhere(m).mean(0) for m in (first, last))
-    dx, dy = x1 - x0, y1 - y0
+    H, W = first.shape
+    centres = [wrapped_centroid(first)]
+    for frame in frames[1:]:
+        mask = palette_labels(frame, palette) == colour
+        if mask.sum() >= min_fraction * mask.size:
+            centres.append(wrapped_centroid(mask))
+    steps = np.diff(np.array(centres), axis=0)  # (n-1, 2) as (dx, dy)
+    steps = (steps + [W / 2, H / 2]) % [W, H] - [W / 2, H / 2]
+    dx, dy = steps.sum(0) if len(steps) else (0.0, 0.0)
     if max(abs(dx), abs(dy)) < min_shift:
         return None
     step = (int(np.sign(dx)), 0) if abs(dx) >= abs(dy) else (0, int(np.sign(dy)))
