@@ -199,7 +199,8 @@ class Demo:
             f"→ {state['loss']:.3f} at step {state['step']}. TensorBoard: `tensorboard --logdir {self.run / 'tb'}`.", "",
             "## Learning check", "",
             "Generated samples decoded through the VQ-GAN; the object's colour (last frame) and motion direction "
-            "(centroid shift over the generated frames) read from the pixels and compared with the caption. "
+            "(frame-to-frame centroid shifts over the generated frames, summed the short way round the wrapped "
+            "frame) read from the pixels and compared with the caption. "
             "\"VQ-GAN ceiling\" applies the same analysis to the held-out inputs' own codes decoded by the VQ-GAN: "
             "what a perfect generator could score through this tokenizer. Pixels are read against the palette "
             "as the VQ-GAN draws it: " + ", ".join(f"{name} {tuple(int(round(c)) for c in rgb)}"
