@@ -328,8 +328,8 @@ class VectorQuantizer(nn.Module):
         Returns how many codes moved. Under DDP, all-reduce `usage` before and broadcast the
         codebook from one rank after, so that every rank ends with the same codes.
         """
-        dead = (self.usage < min_count).nonzero().squeeze(1)  # (n_dead,)
         live = self.usage >= min_count
+        dead = (~live).nonzero().squeeze(1)  # (n_dead,)
         if len(dead):
             latents = latents.float()
             if live.any():

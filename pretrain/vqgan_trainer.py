@@ -505,9 +505,10 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
     started, metrics, usage = time.time(), {}, float("nan")
     for step in range(start, cfg.train.steps):
         images = next(batches).to(run.device, non_blocking=True)
+        multiplier = lr_multiplier(cfg.train, step)
         for optimizer, lr in ((run.opt_g, cfg.train.lr), (run.opt_d, cfg.train.disc_lr)):
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_multiplier(cfg.train, step)
+                group["lr"] = lr * multiplier
         run.vqgan.train()
         run.disc.train()
         metrics = train_step(run.vqgan, run.disc, run.lpips, run.opt_g, run.opt_d, images, step, cfg.loss,

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from model.vqgan import VQGAN
+from preprocess.readers import uint8_to_model
 from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS, ShapeSpec, render_frame
+from tools.sample import to_uint8
 
 PALETTE_NAMES = list(COLOURS) + list(BACKGROUNDS)
 PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)  # [P, 3]
@@ -36,13 +38,13 @@ def palette_through(vqgan: VQGAN) -> np.ndarray:
     for background in BACKGROUNDS:
         frames.append(np.full((size, size, 3), BACKGROUNDS[background], dtype=np.uint8))
         masks.append(np.ones((size, size), dtype=bool))
-    with torch.no_grad():
-        codes = vqgan.encode(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1)
-        drawn = ((vqgan.decode(codes).clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()  # [N, H, W, 3]
+    pixels = uint8_to_model(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))  # [N, 3, H, W]
+    with torch.no_grad():  # drawn the way generated samples are: decoded, then to uint8 [N, H, W, 3]
+        drawn = to_uint8(vqgan.decode(vqgan.encode(pixels)))
     means = np.stack([d[m].mean(0) for d, m in zip(drawn, masks)])
-    per_background = len(BACKGROUNDS)
-    objects = means[: len(COLOURS) * per_background].reshape(len(COLOURS), per_background, 3).mean(1)
-    return np.concatenate([objects, means[len(COLOURS) * per_background:]]).astype(np.float32)
+    shapes = len(COLOURS) * len(BACKGROUNDS)
+    objects = means[:shapes].reshape(len(COLOURS), len(BACKGROUNDS), 3).mean(1)
+    return np.concatenate([objects, means[shapes:]]).astype(np.float32)
 
 
 def palette_labels(frame: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
