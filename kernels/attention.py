@@ -28,12 +28,15 @@ def reference_mask(q_grid, kv_grid, extent, causal, n_global, device):
     return mask.to(device)
 
 
-def reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global=None, v_global=None):
-    """Dense SDPA over [globals, grid keys] with the canonical mask."""
+def reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global=None, v_global=None, key_mask=None):
+    """Dense SDPA over [globals, grid keys] with the canonical mask (and the grid keys' key_mask [B, Nk])."""
     n_global = 0 if k_global is None else k_global.shape[2]
     if n_global:
         k, v = torch.cat([k_global, k], 2), torch.cat([v_global, v], 2)
     mask = reference_mask(q_grid, kv_grid, extent, causal, n_global, q.device)
+    if key_mask is not None:
+        key_mask = F.pad(key_mask, (n_global, 0), value=True)  # globals are always keys
+        mask = mask & key_mask[:, None, None, :]  # (B, 1, Nq, G + Nk)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -42,7 +45,7 @@ def _is_full(q_grid, kv_grid, extent) -> bool:
     return all(e is None or (e - 1) // 2 >= nk - 1 for e, nk in zip(extent, kv_grid))
 
 
-def _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global):
+def _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global, key_mask):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be [B, heads, N, D], got shape {tuple(t.shape)}")
@@ -56,22 +59,29 @@ def _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global):
                                  or k_global.shape[:2] != k.shape[:2] or k_global.shape[3] != k.shape[3]):
         raise ValueError(f"k_global/v_global must be [B, heads, G, D] matching k, got "
                          f"{tuple(k_global.shape)} and {tuple(v_global.shape)}")
+    if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (k.shape[0], k.shape[2])):
+        raise ValueError(f"key_mask must be bool [B, Nk] = {(k.shape[0], k.shape[2])}, got "
+                         f"{key_mask.dtype} {tuple(key_mask.shape)}")
 
 
 def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, backend: str | None = None,
-                     k_global=None, v_global=None) -> torch.Tensor:
+                     k_global=None, v_global=None, key_mask=None) -> torch.Tensor:
     """3D nearby attention: q [B,h,Nq,D], k/v [B,h,Nk,D] → [B,h,Nq,D].
 
     k_global/v_global [B,h,G,D] are keys every query sees (the decoder's <bos>). Causal attention
     must come with at least one global key: the first query has no earlier key of its own.
+    key_mask [B, Nk] (False = padding, which no query reads) is for short condition grids, the
+    77-slot text: such calls take the dense path, whatever `backend` says.
     """
     q_grid, kv_grid = check_grid(q_grid, "q_grid"), check_grid(kv_grid, "kv_grid")
     extent = check_extent(extent)
-    _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global)
+    _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global, key_mask)
     if causal and q_grid != kv_grid:
         raise ValueError(f"causal attention needs q_grid == kv_grid, got {q_grid} and {kv_grid}")
     if causal and k_global is None:
         raise ValueError("causal=True needs k_global/v_global: the first query has no earlier key")
+    if key_mask is not None:
+        return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, key_mask)
     if backend is None:
         if not causal and _is_full(q_grid, kv_grid, extent):  # no mask at all: plain SDPA is optimal
             if k_global is not None:

@@ -17,6 +17,8 @@ class NuwaConfig:
     """Caption vocabulary (sentencepiece model size, pad/bos/eos/"None" included)."""
     text_length: int = 77
     """Text positions: the condition is a 1×1×77 grid."""
+    text_pad_id: int = 0
+    """Caption id that fills the slots after a caption (preprocess/text.py's PAD_ID); never an attention key."""
     codebook_size: int = 12288
     """VQ-GAN codebook entries: the decoder's input and output vocabulary."""
     frames: int = 10
@@ -43,6 +45,11 @@ class NuwaConfig:
     """Image (and image sketch) window: 3×3 positions in one frame."""
     video_extent: Extent = (3, 3, 3)
     """Video (and video sketch) window: 3 frames × 3×3 positions."""
+    rotary: bool = False
+    """Also turn the decoder's self-attention queries and keys by their 3D location (rotary encoding,
+    frequencies split between time, row and column): an offset in the window ("one frame back, one
+    column left", which is how an object moves) is then one learned direction of the query instead of a
+    pattern over every pair of absolute positions. Off in the paper presets: NÜWA adds the tables only."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass: trades ~30% more compute for activation memory."""
     attention_backend: Optional[str] = None
@@ -51,6 +58,8 @@ class NuwaConfig:
     def __post_init__(self):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.rotary and (self.width // self.heads) % 2:
+            raise ValueError(f"rotary needs an even head size, got {self.width // self.heads}")
         for name in ("text_extent", "image_extent", "video_extent"):
             setattr(self, name, tuple(getattr(self, name)))
 

@@ -21,6 +21,27 @@ try:  # apex's fused kernel when installed (it falls back to F.layer_norm on CPU
 except ImportError:
     LayerNorm = nn.LayerNorm
 
+ROTARY_BASE = 100.0
+"""Wavelength scale of rotary encoding: an axis is at most a few dozen positions long, where the
+10,000 of text models would leave most frequencies barely turning."""
+
+
+def rotary_angles(grid: tuple[int, int, int], head_dim: int, device=None) -> torch.Tensor:
+    """[S·H·W, head_dim/2] angles of 3D rotary encoding: the frequency pairs are split between the
+    time, row and column axes, each rotating by its own coordinate."""
+    pairs = head_dim // 2
+    split = (pairs // 3, pairs // 3, pairs - 2 * (pairs // 3))  # (time, row, col)
+    axes = torch.meshgrid(*(torch.arange(n, device=device, dtype=torch.float32) for n in grid), indexing="ij")
+    return torch.cat([axis.reshape(-1, 1) * ROTARY_BASE ** (-torch.arange(n, device=device) / n)
+                      for axis, n in zip(axes, split)], dim=1)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """x [B, h, N, hd]: pair dimension i with i + hd/2 and turn the pair by angles [N, hd/2]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
 
 class NearbyAttention(nn.Module):
     """Multi-head 3DNA. Self-attention when `context` is None, else cross-attention to `context`.
@@ -29,6 +50,9 @@ class NearbyAttention(nn.Module):
     that predicts token t, so the key/value of token u is read from slot u+1 and slot 0 (<bos>) is
     a global key every query sees. Windows are thereby centred on the token being predicted and a
     token never sees itself (DESIGN.md, "3D nearby attention").
+
+    `angles` (config.rotary) turns queries and grid keys by their token's location, so that the
+    score of a query-key pair also depends on their offset; <bos> is not turned.
     """
 
     def __init__(self, config: NuwaConfig):
@@ -44,7 +68,7 @@ class NearbyAttention(nn.Module):
         B, N, C = x.shape
         return x.view(B, N, self.heads, C // self.heads).transpose(1, 2)  # (B, h, N, hd)
 
-    def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False):
+    def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False, key_mask=None, angles=None):
         B, N, C = x.shape
         q = self.split_heads(self.query(x))
         k, v = self.key_value(x if context is None else context).chunk(2, dim=-1)
@@ -54,8 +78,10 @@ class NearbyAttention(nn.Module):
             # Token u's key sits in slot u+1; the last token's key would be slot N (never visible: zeros).
             k_global, v_global = k[:, :, :1], v[:, :, :1]
             k, v = F.pad(k[:, :, 1:], (0, 0, 0, 1)), F.pad(v[:, :, 1:], (0, 0, 0, 1))
+        if angles is not None:  # query t and key u now both sit at their token's location
+            q, k = rotate(q, angles), rotate(k, angles)
         y = nearby_attention(q, k, v, q_grid, kv_grid or q_grid, extent, causal=causal, backend=self.backend,
-                             k_global=k_global, v_global=v_global)
+                             k_global=k_global, v_global=v_global, key_mask=key_mask)
         y = y.transpose(1, 2).reshape(B, N, C)
         return self.dropout(self.proj(y))
 
@@ -81,8 +107,8 @@ class EncoderBlock(nn.Module):
         self.norm_mlp = LayerNorm(config.width)
         self.mlp = MLP(config)
 
-    def forward(self, x, grid, extent):
-        x = x + self.attn(self.norm_attn(x), grid, extent)
+    def forward(self, x, grid, extent, key_mask):
+        x = x + self.attn(self.norm_attn(x), grid, extent, key_mask=key_mask)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -102,9 +128,10 @@ class DecoderBlock(nn.Module):
         self.norm_mlp = LayerNorm(config.width)
         self.mlp = MLP(config)
 
-    def forward(self, x, grid, extent, condition, condition_grid, condition_extent):
-        x = x + self.self_attn(self.norm_self(x), grid, extent, causal=True)
-        x = x + self.cross_attn(self.norm_cross(x), grid, condition_extent, context=condition, kv_grid=condition_grid)
+    def forward(self, x, grid, extent, condition, condition_grid, condition_extent, condition_keys, angles):
+        x = x + self.self_attn(self.norm_self(x), grid, extent, causal=True, angles=angles)
+        x = x + self.cross_attn(self.norm_cross(x), grid, condition_extent, context=condition, kv_grid=condition_grid,
+                                key_mask=condition_keys)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -159,14 +186,23 @@ class Nuwa(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
+    def text_keys(self, text: torch.Tensor) -> torch.Tensor:
+        """text [B, L] ids → [B, L] bool, False at padding: a caption of 10 ids in 77 slots would
+        otherwise spread every attention over 67 identical pad keys. Slot 0 (<bos>) always counts,
+        so even an all-pad text has a key."""
+        keys = text != self.config.text_pad_id
+        keys[:, 0] = True
+        return keys
+
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """text [B, L] ids → condition states [B, L, d] on the 1×1×L grid."""
+        """text [B, L] ids → condition states [B, L, d] on the 1×1×L grid (pad slots attend, are never keys)."""
         L = text.shape[1]
         if L != self.config.text_length:
             raise ValueError(f"text has {L} positions, the model expects {self.config.text_length}")
         x = self.text_embed(text) + self.text_pos(torch.arange(L, device=text.device))  # (B, L, d)
+        keys = self.text_keys(text)
         for block in self.encoder:
-            x = self._run(block, x, self.config.text_grid, self.config.text_extent)
+            x = self._run(block, x, self.config.text_grid, self.config.text_extent, keys)
         return self.encoder_norm(x)
 
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -179,22 +215,31 @@ class Nuwa(nn.Module):
         pos = time[:, None, None] + row[None, :, None] + col[None, None, :]  # (S, H, W, d)
         return pos.reshape(S * H * W, -1)
 
+    def rotary_angles(self, grid: tuple[int, int, int]) -> torch.Tensor | None:
+        """The decoder self-attention's rotary angles for this grid, None without config.rotary."""
+        if not self.config.rotary:
+            return None
+        return rotary_angles(grid, self.config.width // self.config.heads, self.bos.device)
+
     def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, N] → slots [<bos>, y_0 … y_{N-2}] embedded, [B, N, d]."""
         B = codes.shape[0]
         tokens = self.code_embed(codes[:, :-1])  # (B, N-1, d)
         return torch.cat([self.bos.expand(B, 1, -1), tokens], dim=1)
 
-    def decode(self, codes: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """codes [B, S, H, W], condition [B, L, d] → logits [B, S·H·W, codebook] (slot t predicts y_t)."""
+    def decode(self, codes: torch.Tensor, condition: torch.Tensor, condition_keys: torch.Tensor) -> torch.Tensor:
+        """codes [B, S, H, W], condition [B, L, d] with its keys [B, L] → logits [B, S·H·W, codebook]
+        (slot t predicts y_t)."""
         B, S, H, W = codes.shape
         grid = (S, H, W)
         self.check_grid(grid)
         x = self.decoder_input(codes.reshape(B, -1)) + self.position_embedding(grid)  # slot t gets location t
         extent = self.extent_for(grid)
         condition_grid = (1, 1, condition.shape[1])
+        angles = self.rotary_angles(grid)
         for block in self.decoder:
-            x = self._run(block, x, grid, extent, condition, condition_grid, self.config.text_extent)
+            x = self._run(block, x, grid, extent, condition, condition_grid, self.config.text_extent, condition_keys,
+                          angles)
         return self.head(self.decoder_norm(x))
 
     def check_grid(self, grid):
@@ -205,6 +250,6 @@ class Nuwa(nn.Module):
 
     def forward(self, text: torch.Tensor, codes: torch.Tensor):
         """text [B, L], codes [B, S, H, W] → (logits [B, N, V], mean cross-entropy over all codes)."""
-        logits = self.decode(codes, self.encode_text(text))
+        logits = self.decode(codes, self.encode_text(text), self.text_keys(text))
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.reshape(-1).long())
         return logits, loss

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.blocked import build_plan
-from model.nuwa import Nuwa
+from model.nuwa import Nuwa, rotate
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _windows(q_grid, kv_grid, extent, causal, device):
 class DecoderCache:
     """Per decoder layer: <bos> key/value, grid keys/values filled as tokens arrive, condition keys/values."""
 
-    def __init__(self, model: Nuwa, condition: torch.Tensor, grid: tuple[int, int, int]):
+    def __init__(self, model: Nuwa, condition: torch.Tensor, condition_keys: torch.Tensor, grid: tuple[int, int, int]):
         B, n = condition.shape[0], grid[0] * grid[1] * grid[2]
         d, heads = model.config.width, model.config.heads
         device, dtype = condition.device, condition.dtype
@@ -67,11 +67,13 @@ class DecoderCache:
         condition_grid = (1, 1, condition.shape[1])
         self.self_window = _windows(grid, grid, model.extent_for(grid), True, device)
         self.cross_window = _windows(grid, condition_grid, model.config.text_extent, False, device)
+        self.condition_keys = condition_keys  # (B, L)
+        self.angles = model.rotary_angles(grid)  # (n, hd/2) or None
 
 
 def _attend(attn, q, keys, values, visible):
-    """One query against a gathered window: q [B,h,1,hd], keys/values [B,h,W,hd], visible [W]."""
-    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[None, None, None, :])
+    """One query against a gathered window: q [B,h,1,hd], keys/values [B,h,W,hd], visible [W] or [B, W]."""
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[..., None, None, :])
     B = y.shape[0]
     return attn.proj(y.transpose(1, 2).reshape(B, 1, -1))
 
@@ -79,13 +81,17 @@ def _attend(attn, q, keys, values, visible):
 def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> torch.Tensor:
     """Run slot t (x [B, 1, d], already embedded) through the decoder; returns logits [B, V] for token t."""
     index, visible = cache.self_window[0][t], cache.self_window[1][t]
-    cross_index, cross_visible = cache.cross_window[0][t], cache.cross_window[1][t]
+    cross_index = cache.cross_window[0][t]
+    cross_visible = cache.cross_window[1][t] & cache.condition_keys[:, cross_index]  # (B, W)
     true = torch.ones(1, dtype=torch.bool, device=x.device)
     for i, block in enumerate(model.decoder):
         attn = block.self_attn
         h = block.norm_self(x)
         q = attn.split_heads(attn.query(h))
         k, v = (attn.split_heads(z) for z in attn.key_value(h).chunk(2, dim=-1))
+        if cache.angles is not None:  # query of token t; the key computed here is token t-1's
+            q = rotate(q, cache.angles[t: t + 1])
+            k = k if t == 0 else rotate(k, cache.angles[t - 1: t])
         if t == 0:
             cache.bos_kv[i] = (k, v)  # slot 0 is <bos>: the global key
         else:
@@ -123,15 +129,15 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
     reference = (torch.zeros(B, n, dtype=torch.long, device=text.device) if reference is None
                  else reference.to(text.device).expand(B, *grid).reshape(B, n).long())
     codes = torch.zeros(B, n, dtype=torch.long, device=text.device)
-    condition = model.encode_text(text)
+    condition, condition_keys = model.encode_text(text), model.text_keys(text)
     positions = model.position_embedding(grid)
-    cache = DecoderCache(model, condition, grid) if use_cache else None
+    cache = DecoderCache(model, condition, condition_keys, grid) if use_cache else None
     for t in range(n):
         if use_cache:
             token = model.bos.expand(B, 1, -1) if t == 0 else model.code_embed(codes[:, t - 1: t])
             logits = decode_step(model, cache, token + positions[t], t)
         else:
-            logits = model.decode(codes.view(B, *grid), condition)[:, t]
+            logits = model.decode(codes.view(B, *grid), condition, condition_keys)[:, t]
         sampled = sample_logits(logits, sampling, generator)
         codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled)
     return codes.view(B, *grid)

@@ -33,6 +33,9 @@ from safetensors.torch import load_file, save_file
 from model import typed_config
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 @dataclass
 class VQGANConfig:
     """Architecture of one VQ-GAN; the defaults are the paper's f16 model (336 px → 21×21, 12,288 codes)."""
@@ -63,6 +66,11 @@ class VQGANConfig:
     """GroupNorm groups (taming uses 32; the tiny preset uses fewer so that narrow layers still normalise)."""
     dropout: float = 0.0
     """Dropout inside ResnetBlocks."""
+    padding_mode: str = "zeros"
+    """How 3×3 convs (and the downsampling pad) see past the border: "zeros" (taming), "reflect",
+    "replicate" or "circular". With "circular" the encoder is exactly equivariant to shifts by whole
+    codes, so a flat frame is one code and content moving by a code keeps its codes, for data that
+    wraps around the frame (the demo's shapes do)."""
 
     def __post_init__(self):
         self.ch_mult, self.attn_levels = tuple(self.ch_mult), tuple(self.attn_levels)
@@ -73,6 +81,8 @@ class VQGANConfig:
         widths = [self.ch * m for m in self.ch_mult]
         if any(w % self.norm_groups for w in widths):
             raise ValueError(f"channel widths {widths} must be divisible by norm_groups={self.norm_groups}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
             raise ValueError(f"attn_levels {self.attn_levels} must lie in 0..{len(self.ch_mult) - 1}")
 
@@ -116,16 +126,20 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
+def conv3x3(in_channels: int, out_channels: int, padding_mode: str) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+
+
 class ResnetBlock(nn.Module):
     """norm → swish → conv, twice, plus a (1×1-projected where widths differ) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float, padding_mode: str):
         super().__init__()
         self.norm1 = group_norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = conv3x3(in_channels, out_channels, padding_mode)
         self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = conv3x3(out_channels, out_channels, padding_mode)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
@@ -158,22 +172,23 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3×3 conv with taming's asymmetric zero padding (right and bottom only)."""
+    """Stride-2 3×3 conv with taming's asymmetric padding (right and bottom only)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding_mode: str):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.pad_mode = "constant" if padding_mode == "zeros" else padding_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode=self.pad_mode))
 
 
 class Upsample(nn.Module):
     """Nearest-neighbour ×2, then a 3×3 conv."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding_mode: str):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = conv3x3(channels, channels, padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -208,11 +223,11 @@ class Level(nn.Module):
 class Middle(nn.Module):
     """ResnetBlock → attention → ResnetBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, groups: int, dropout: float):
+    def __init__(self, channels: int, groups: int, dropout: float, padding_mode: str):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, groups, dropout)
+        self.block_1 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
         self.attn_1 = AttnBlock(channels, groups)
-        self.block_2 = ResnetBlock(channels, channels, groups, dropout)
+        self.block_2 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -225,20 +240,20 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        g, p = cfg.norm_groups, cfg.dropout
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        g, p, pad = cfg.norm_groups, cfg.dropout, cfg.padding_mode
+        self.conv_in = conv3x3(cfg.in_channels, cfg.ch, pad)
         self.down = nn.ModuleList()
         width = cfg.ch
         for level, mult in enumerate(cfg.ch_mult):
             out = cfg.ch * mult
-            blocks = [ResnetBlock(width if i == 0 else out, out, g, p) for i in range(cfg.num_res_blocks)]
+            blocks = [ResnetBlock(width if i == 0 else out, out, g, p, pad) for i in range(cfg.num_res_blocks)]
             attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
             last = level == len(cfg.ch_mult) - 1
-            self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out)))
+            self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out, pad)))
             width = out
-        self.mid = Middle(width, g, p)
+        self.mid = Middle(width, g, p, pad)
         self.norm_out = group_norm(width, g)
-        self.conv_out = nn.Conv2d(width, cfg.z_channels, 3, padding=1)
+        self.conv_out = conv3x3(width, cfg.z_channels, pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -253,20 +268,20 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        g, p = cfg.norm_groups, cfg.dropout
+        g, p, pad = cfg.norm_groups, cfg.dropout, cfg.padding_mode
         width = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, width, 3, padding=1)
-        self.mid = Middle(width, g, p)
+        self.conv_in = conv3x3(cfg.z_channels, width, pad)
+        self.mid = Middle(width, g, p, pad)
         up = []
         for level in reversed(range(len(cfg.ch_mult))):
             out = cfg.ch * cfg.ch_mult[level]
-            blocks = [ResnetBlock(width if i == 0 else out, out, g, p) for i in range(cfg.num_res_blocks + 1)]
+            blocks = [ResnetBlock(width if i == 0 else out, out, g, p, pad) for i in range(cfg.num_res_blocks + 1)]
             attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
-            up.insert(0, Level(blocks, attns, upsample=None if level == 0 else Upsample(out)))
+            up.insert(0, Level(blocks, attns, upsample=None if level == 0 else Upsample(out, pad)))
             width = out
         self.up = nn.ModuleList(up)  # indexed by level as in taming: up[0] is full resolution
         self.norm_out = group_norm(width, g)
-        self.conv_out = nn.Conv2d(width, cfg.out_channels, 3, padding=1)
+        self.conv_out = conv3x3(width, cfg.out_channels, pad)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))

@@ -166,6 +166,25 @@ def test_auto_backend_matches_reference_and_full_windows_skip_the_mask():
         torch.testing.assert_close(auto, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("extent", [(1, 1, None), (1, 1, 5)])
+def test_key_mask_hides_padding(extent):
+    """Text keys past each caption's length: a full window equals attention over the real keys alone,
+    and with any window the padded keys' contents change nothing."""
+    q_grid, kv_grid, lengths = (1, 1, 13), (1, 1, 13), (4, 13)
+    q, k, v, _, _ = (t if t is None else t.detach() for t in _inputs(q_grid, kv_grid, globals_=0))
+    key_mask = torch.arange(13) < torch.tensor(lengths)[:, None]  # (B, Nk)
+    out = nearby_attention(q, k, v, q_grid, kv_grid, extent, key_mask=key_mask)
+    garbage = torch.where(key_mask[:, None, :, None], k, 100.0), torch.where(key_mask[:, None, :, None], v, 100.0)
+    torch.testing.assert_close(nearby_attention(q, *garbage, q_grid, kv_grid, extent, key_mask=key_mask), out)
+    if extent[2] is None:
+        for b, n in enumerate(lengths):
+            alone = torch.nn.functional.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
+            torch.testing.assert_close(out[b:b + 1], alone)
+    assert not torch.allclose(nearby_attention(q, k, v, q_grid, kv_grid, extent), out)
+    with pytest.raises(ValueError, match="key_mask must be bool"):
+        nearby_attention(q, k, v, q_grid, kv_grid, extent, key_mask=key_mask.long())
+
+
 def test_attention_rejects_bad_arguments():
     q, k, v, kg, vg = (t.detach() for t in _inputs((1, 3, 3), (1, 3, 3)))
     with pytest.raises(ValueError, match="q has 9 tokens but q_grid"):

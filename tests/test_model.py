@@ -4,7 +4,7 @@ import torch
 
 from kernels import nearby_mask
 from model.config import NuwaConfig
-from model.nuwa import Nuwa
+from model.nuwa import Nuwa, rotary_angles, rotate
 
 
 def tiny(**overrides) -> Nuwa:
@@ -31,9 +31,10 @@ def test_paper_preset_has_870m_parameters_without_embeddings(preset):
     assert model.num_parameters(exclude_embeddings=False) > count + 12288 * 1280
 
 
+@pytest.mark.parametrize("rotary", [False, True])
 @pytest.mark.parametrize("frames", [1, 3])
-def test_logits_at_t_ignore_tokens_from_t_on(frames):
-    model = tiny()
+def test_logits_at_t_ignore_tokens_from_t_on(frames, rotary):
+    model = tiny(rotary=rotary)
     text, codes = batch(model, frames)
     logits, _ = model(text, codes)
     n = codes[0].numel()
@@ -44,6 +45,21 @@ def test_logits_at_t_ignore_tokens_from_t_on(frames):
         torch.testing.assert_close(new_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, rtol=0)
         if t + 1 < n:
             assert not torch.allclose(new_logits[:, t + 1:], logits[:, t + 1:])
+
+
+def test_text_padding_is_never_read():
+    """Pad slots after a caption are not keys: what the encoder computes there changes no logit."""
+    model = tiny()
+    text, codes = batch(model, 3)
+    text[:, 0], text[0, 9:], text[1, 30:] = 2, 0, 0  # captions of 9 and 30 ids (<bos> = 2), then pad id 0
+    logits, _ = model(text, codes)
+    with torch.no_grad():
+        model.text_pos.weight[40:] += torch.randn_like(model.text_pos.weight[40:])  # only pad slots move
+    torch.testing.assert_close(model(text, codes)[0], logits)
+    text[0, 50] = 5  # a real id there is read
+    assert not torch.allclose(model(text, codes)[0][0], logits[0])
+    keys = model.text_keys(torch.zeros(1, 77, dtype=torch.long))
+    assert keys[0, 0] and not keys[0, 1:].any()  # an all-pad text keeps one key: no empty softmax
 
 
 def _slots_reaching_logit(model, text, codes, t):
@@ -62,9 +78,10 @@ def _slots_reaching_logit(model, text, codes, t):
     return set(captured["x"].grad[0].abs().sum(-1).nonzero().flatten().tolist())
 
 
+@pytest.mark.parametrize("rotary", [False, True])
 @pytest.mark.parametrize("frames", [1, 3])
-def test_window_is_centred_on_the_predicted_token(frames):
-    model = tiny(decoder_layers=1)
+def test_window_is_centred_on_the_predicted_token(frames, rotary):
+    model = tiny(decoder_layers=1, rotary=rotary)
     text, codes = batch(model, frames)
     grid = (frames, model.config.grid_height, model.config.grid_width)
     mask = nearby_mask(grid, grid, model.extent_for(grid), causal=True)
@@ -80,18 +97,36 @@ def test_extents_come_from_config():
     assert _slots_reaching_logit(model, text, codes, t) == {0, t}
 
 
-def test_backends_agree_and_checkpointing_keeps_gradients():
+@pytest.mark.parametrize("rotary", [False, True])
+def test_backends_agree_and_checkpointing_keeps_gradients(rotary):
     text, codes = batch(tiny(), 3)
     results = []
     for overrides in (dict(attention_backend="reference"), dict(attention_backend="blocked"),
                       dict(activation_checkpointing=True)):
-        model = tiny(**overrides).train()
+        model = tiny(rotary=rotary, **overrides).train()
         _, loss = model(text, codes)
         loss.backward()
         results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
     for loss, grad in results[1:]:
         torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_scores_depend_on_the_offset_only():
+    grid, head_dim = (3, 4, 5), 16
+    angles = rotary_angles(grid, head_dim)  # (60, 8)
+    a, b = torch.randn(2, 1, 1, 1, head_dim).unbind(0)
+
+    def score(query_at, key_at):
+        index = [s * 20 + h * 5 + w for s, h, w in (query_at, key_at)]
+        return (rotate(a, angles[index[0]: index[0] + 1]) * rotate(b, angles[index[1]: index[1] + 1])).sum()
+
+    torch.testing.assert_close(score((1, 2, 3), (0, 1, 4)), score((2, 3, 1), (1, 2, 2)))  # offset (1, 1, -1)
+    for other in ((0, 2, 4), (1, 1, 4), (0, 1, 3)):  # one axis changed: a different offset
+        assert not torch.allclose(score((1, 2, 3), other), score((1, 2, 3), (0, 1, 4)))
+    torch.testing.assert_close(rotate(a.expand(1, 1, 60, head_dim), angles).norm(dim=-1), a.norm().expand(1, 1, 60))
+    with pytest.raises(ValueError, match="even head size"):
+        NuwaConfig.from_preset("tiny", width=12, heads=4, rotary=True)
 
 
 def test_tiny_model_learns_a_fixed_batch():

@@ -7,11 +7,12 @@ from model.nuwa import Nuwa
 from model.sampling import SamplingConfig, generate, sample_logits
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[False, True], ids=["absolute", "rotary"])
+def model(request):
     torch.manual_seed(0)
     config = NuwaConfig.from_preset("tiny", text_vocab_size=64, codebook_size=32, frames=3, grid_height=4,
-                                    grid_width=5, width=32, heads=2, encoder_layers=1, decoder_layers=2)
+                                    grid_width=5, width=32, heads=2, encoder_layers=1, decoder_layers=2,
+                                    rotary=request.param)
     return Nuwa(config).eval()
 
 
@@ -19,7 +20,8 @@ def model():
 @pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=0.8, top_k=8, top_p=0.9),
                                       SamplingConfig(temperature=0)])
 def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model, grid, sampling):
-    text = torch.randint(0, 64, (3, 77), generator=torch.Generator().manual_seed(1))
+    text = torch.randint(1, 64, (3, 77), generator=torch.Generator().manual_seed(1))
+    text[torch.arange(77) >= torch.tensor([[5], [12], [77]])] = 0  # captions of 5, 12 and 77 ids, then padding
     runs = [generate(model, text, grid, sampling=sampling, generator=torch.Generator().manual_seed(7), use_cache=c)
             for c in (True, False)]
     assert torch.equal(runs[0], runs[1])

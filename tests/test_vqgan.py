@@ -75,6 +75,25 @@ def test_video_is_coded_frame_by_frame_in_batches():
     torch.testing.assert_close(frames[0, 1], model.decode(codes[0, 1:2])[0])
 
 
+def test_circular_padding_makes_codes_follow_whole_code_shifts():
+    """With padding_mode="circular" the encoder commutes with rolling the image by whole codes (4 px
+    here) and so does the decoder with rolling the codes; zero padding (taming's) does not."""
+    images = shapes(2, seed=3)
+    for mode, equivariant in (("circular", True), ("zeros", False)):
+        model = small_model(padding_mode=mode)
+        with torch.no_grad():
+            latents = model.encode_latents(images)
+            rolled = model.encode_latents(images.roll((4, -8), dims=(2, 3)))
+            codes = model.encode(images)
+            decoded_rolled = model.decode(codes.roll((1, -2), dims=(1, 2)))
+        assert torch.allclose(rolled, latents.roll((1, -2), dims=(2, 3)), atol=1e-5) == equivariant
+        assert torch.allclose(decoded_rolled, model.decode(codes).roll((4, -8), dims=(2, 3)), atol=1e-5) == equivariant
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert small_model(padding_mode="circular").encode(flat).unique().numel() == 1
+    with pytest.raises(ValueError, match="padding_mode"):
+        VQGANConfig.from_preset("tiny", padding_mode="mirror")
+
+
 def test_encode_rejects_bad_images():
     model = small_model()
     with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
