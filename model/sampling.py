@@ -24,6 +24,10 @@ class SamplingConfig:
     """Keep the k most likely codes (0 = all)."""
     top_p: float = 1.0
     """Keep the smallest set of codes whose probability reaches p (1 = all)."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale s: logits = uncond + s · (cond − uncond), the unconditional
+    logits taken under `generate(unconditional=…)` (the "None" text). 1 = off. Useful once the model
+    was trained with data.caption_dropout (videos: V2V already trains under "None")."""
 
 
 def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,14 +117,22 @@ def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> to
 @torch.no_grad()
 def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, reference: torch.Tensor | None = None,
              keep: torch.Tensor | None = None, sampling: SamplingConfig = SamplingConfig(),
-             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             unconditional: torch.Tensor | None = None) -> torch.Tensor:
     """text [B, 77] → codes [B, S, H, W]; `keep` [S, H, W] (or [B, S, H, W]) copies `reference` there.
 
+    With sampling.guidance ≠ 1, `unconditional` [B, 77] (or [1, 77]) is the text of the unconditional
+    model; both halves run as one batch of 2B and share every sampled token.
     `use_cache=False` recomputes the whole decoder for every token (the simple reference that
     tests hold the cache equal to).
     """
     model.check_grid(grid)
     B, n = text.shape[0], grid[0] * grid[1] * grid[2]
+    guided = sampling.guidance != 1.0
+    if guided:
+        if unconditional is None:
+            raise ValueError("sampling.guidance needs the unconditional text (generate(unconditional=...))")
+        text = torch.cat([text, unconditional.to(text.device).expand(B, -1)])  # (2B, 77)
     if keep is None:
         keep = torch.zeros(grid, dtype=torch.bool)
     keep = keep.to(text.device).expand(B, *grid).reshape(B, n)
@@ -132,12 +144,18 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
     condition, condition_keys = model.encode_text(text), model.text_keys(text)
     positions = model.position_embedding(grid)
     cache = DecoderCache(model, condition, condition_keys, grid) if use_cache else None
+    both = codes.repeat(2, 1) if guided else codes  # (2B or B, n): both halves read the same tokens
     for t in range(n):
         if use_cache:
-            token = model.bos.expand(B, 1, -1) if t == 0 else model.code_embed(codes[:, t - 1: t])
+            token = model.bos.expand(len(both), 1, -1) if t == 0 else model.code_embed(both[:, t - 1: t])
             logits = decode_step(model, cache, token + positions[t], t)
         else:
-            logits = model.decode(codes.view(B, *grid), condition, condition_keys)[:, t]
+            logits = model.decode(both.view(-1, *grid), condition, condition_keys)[:, t]
+        if guided:
+            cond, uncond = logits.float().chunk(2)
+            logits = uncond + sampling.guidance * (cond - uncond)
         sampled = sample_logits(logits, sampling, generator)
         codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled)
+        if guided:
+            both[:, t] = codes[:, t].repeat(2)
     return codes.view(B, *grid)

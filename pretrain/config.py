@@ -37,6 +37,9 @@ class DataConfig:
     """Task mixing weights by step; the paper trains T2I + V2V first and adds T2V later."""
     num_workers: int = 2
     """DataLoader worker processes per task and rank."""
+    caption_dropout: float = 0.0
+    """Fraction of T2I/T2V samples trained under the "None" text instead of their caption, so that
+    sampling can use classifier-free guidance (V2V already trains videos under "None")."""
 
 
 @dataclass
@@ -94,6 +97,8 @@ class PretrainConfig:
     """The model preset the `model` section started from (recorded for conversion and sampling)."""
 
     def __post_init__(self):
+        if not 0 <= self.data.caption_dropout < 1:
+            raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.data.caption_dropout}")
         for stage in self.data.schedule:
             unknown = set(stage.weights) - set(TASKS)
             if unknown:

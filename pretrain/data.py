@@ -6,7 +6,8 @@ e = p // n, with a permutation seeded by (seed, task, epoch); micro-step m of th
 `task_at(m)`, drawn from a generator seeded by (seed, m) with the weights in force at that
 step. Both are pure functions of the config and the counts, identical on every rank, so a
 resume — on any number of ranks — continues the same global sequence: each micro-step takes
-the next world_size × micro_batch positions, rank r the r-th slice of them.
+the next world_size × micro_batch positions, rank r the r-th slice of them. Caption dropout
+(which T2I/T2V positions train under the "None" text) is a function of the position too.
 """
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ class TaskDataset(Dataset):
         return {"codes": torch.from_numpy(sample["codes"].astype(np.int64)), "text": text}
 
 
+def caption_dropped(seed: int, task: str, positions: range, rate: float) -> torch.Tensor:
+    """[len(positions)] bool: which global positions of a captioned task train under "None" instead,
+    the unconditional model that classifier-free guidance (SamplingConfig.guidance) needs."""
+    # The trailing 1 keeps these streams apart from the epoch permutations' [seed, task, epoch].
+    return torch.tensor([np.random.default_rng([seed, TASK_IDS[task], p, 1]).random() < rate for p in positions],
+                        dtype=torch.bool)
+
+
 class GlobalOrderSampler:
     """Yields this rank's index batches from global position `start` on, forever.
 
@@ -97,7 +106,8 @@ class MultiTaskData:
 
     def __init__(self, datasets: dict[str, TaskDataset], config: DataConfig, seed: int, state: StreamState,
                  rank: int, world_size: int):
-        self.config, self.state, self.world_size = config, state, world_size
+        self.config, self.state, self.seed, self.rank, self.world_size = config, state, seed, rank, world_size
+        self._none_text = {task: dataset.none_text for task, dataset in datasets.items()}
         self._iterators = {}
         for task, dataset in datasets.items():
             sampler = GlobalOrderSampler(len(dataset), task, seed, state.consumed[task], config.micro_batch[task],
@@ -111,7 +121,12 @@ class MultiTaskData:
         if task not in self._iterators:
             raise ValueError(f"the schedule drew task {task} but no data was configured for it")
         batch = next(self._iterators[task])
-        self.state.consumed[task] += self.world_size * self.config.micro_batch[task]
+        micro_batch = self.config.micro_batch[task]
+        first = self.state.consumed[task] + self.rank * micro_batch  # this rank's first global position
+        self.state.consumed[task] += self.world_size * micro_batch
+        if task != "v2v" and self.config.caption_dropout > 0:
+            drop = caption_dropped(self.seed, task, range(first, first + micro_batch), self.config.caption_dropout)
+            batch["text"][drop] = self._none_text[task]
         return batch
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import tiny_model_overrides
 from pretrain import checkpoint
 from pretrain.config import load_config
-from pretrain.data import GlobalOrderSampler, open_shards, task_at
+from pretrain.data import (TASK_MODALITY, GlobalOrderSampler, MultiTaskData, StreamState, TaskDataset,
+                           caption_dropped, open_shards, task_at)
+from preprocess.text import CaptionTokenizer
 from pretrain.trainer import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +128,36 @@ def test_data_order_is_global_across_world_sizes():
     assert single == paired
     assert sorted(single[6:16]) == list(range(10))  # positions 10..19: epoch 1, each sample once
     assert len(set(single[:6])) == 6 and single[6:16] != single[:10]  # epoch 0's tail; a reshuffled epoch
+
+
+def test_caption_dropout_follows_the_global_position(code_shards, tmp_path):
+    """The same positions lose their caption on 1 or 2 ranks and after a resume; V2V is untouched."""
+    drops = caption_dropped(3, "t2i", range(4000), 0.25)
+    assert 0.22 < drops.float().mean() < 0.28 and not torch.equal(drops, caption_dropped(3, "t2v", range(4000), 0.25))
+    torch.testing.assert_close(caption_dropped(3, "t2i", range(100, 110), 0.25), drops[100:110])
+    config = load_config(write_config(tmp_path, code_shards), ["--data.caption_dropout", "0.5",
+                                                              "--data.num_workers", "0"])
+    tokenizer = CaptionTokenizer(config.data.tokenizer)
+    none = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))
+    tasks = {"t2i", "t2v", "v2v"}
+    shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
+    datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, tokenizer.encode_none()[0]) for t in tasks}
+
+    def texts(task, world_size, start, micro_steps):
+        ranks = [MultiTaskData(datasets, config.data, 3, StreamState({**StreamState().consumed, task: start}), r,
+                               world_size) for r in range(world_size)]
+        return torch.cat([data.next_batch(task)["text"] for _ in range(micro_steps) for data in ranks])
+
+    for task in ("t2i", "t2v"):
+        one = texts(task, 1, 0, 6)
+        is_none = (one == none).all(1)
+        assert torch.equal(is_none, caption_dropped(3, task, range(len(one)), 0.5)) and 0 < is_none.sum() < len(one)
+        torch.testing.assert_close(texts(task, 2, 0, 3), one)
+        resumed = texts(task, 1, 8, 2)  # a run resumed at position 8
+        torch.testing.assert_close(resumed, one[8: 8 + len(resumed)])
+    assert (texts("v2v", 1, 0, 4) == none).all()
+    with pytest.raises(ValueError, match="caption_dropout"):
+        load_config(write_config(tmp_path, code_shards), ["--data.caption_dropout", "1.0"])
 
 
 def test_task_sequence_follows_weights_and_schedule(code_shards, tmp_path):

@@ -46,6 +46,7 @@ def run(setup, *args, expect_exit=None):
 
 @pytest.mark.parametrize("task, args, files", [
     ("t2i", ["--text", "a red square"], {"t2i.png": (64, 32, 1)}),
+    ("t2i", ["--text", "a red square", "--guidance", "3"], {"t2i.png": (64, 32, 1)}),
     ("t2v", ["--text", "a red square moving left", "--top-k", "8"], {"t2v-0.gif": (32, 32, 2), "t2v-1.gif": (32, 32, 2)}),
     ("v2v", ["--input", "clip.mp4", "--given-frames", "1"], {"v2v-0.gif": (32, 32, 2)}),
     ("i2i", ["--input", "photo.jpg", "--rows", "16"], {"i2i.png": (64, 32, 1)}),
@@ -80,6 +81,7 @@ def test_input_codes_and_keep_mask_reach_the_sampler(setup, monkeypatch):
     assert torch.equal(seen["keep"], keep_top_rows((1, 4, 4), 16, 8))
     none_ids, _ = CaptionTokenizer(shards["tokenizer"]).encode_none()  # I2I is conditioned on "None"
     assert torch.equal(seen["text"][0], torch.from_numpy(none_ids.astype(np.int64)))
+    assert torch.equal(seen["unconditional"][0], seen["text"][0])  # guidance's unconditional text is "None"
 
 
 def test_bad_requests(setup, capsys):
@@ -90,5 +92,7 @@ def test_bad_requests(setup, capsys):
     assert "inside the 32x32 image" in capsys.readouterr().err
     run(setup, "--task", "i2i", expect_exit=1)
     assert "needs --input" in capsys.readouterr().err
+    run(setup, "--task", "v2v", "--input", root / "clip.mp4", "--guidance", "2", expect_exit=1)
+    assert "--guidance steers towards --text" in capsys.readouterr().err
     run(setup, "--task", "t2i", "--text", " ".join(["red"] * 100))
     assert "only the first 75 fit" in capsys.readouterr().err

@@ -28,6 +28,26 @@ def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model, grid, samp
     assert runs[0].shape == (3, *grid) and int(runs[0].max()) < 32
 
 
+def test_classifier_free_guidance(model):
+    """Cached equals uncached under guidance; an unconditional text equal to the caption changes nothing;
+    a different one does."""
+    grid = (3, 4, 5)
+    text = torch.randint(1, 64, (2, 77), generator=torch.Generator().manual_seed(5))
+    none = torch.zeros(1, 77, dtype=torch.long)
+    none[0, :3] = torch.tensor([2, 7, 3])
+    guided = SamplingConfig(temperature=0.9, top_k=8, guidance=3.0)
+    runs = [generate(model, text, grid, sampling=guided, unconditional=none, use_cache=c,
+                     generator=torch.Generator().manual_seed(6)) for c in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+    greedy = generate(model, text, grid, sampling=SamplingConfig(temperature=0))
+    same = generate(model, text, grid, sampling=SamplingConfig(temperature=0, guidance=3.0), unconditional=text)
+    assert torch.equal(same, greedy)
+    pushed = generate(model, text, grid, sampling=SamplingConfig(temperature=0, guidance=3.0), unconditional=none)
+    assert not torch.equal(pushed, greedy)
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(model, text, grid, sampling=guided)
+
+
 def test_kept_positions_are_copied_and_decoded_like_the_reference(model):
     grid = (3, 4, 5)
     text = torch.randint(0, 64, (2, 77), generator=torch.Generator().manual_seed(2))

@@ -37,6 +37,8 @@ from tools.make_demo_data import COLOURS, DIRECTIONS
 from tools.sample import save_image_grid, save_video, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
+GUIDANCE = 3.0
+"""Classifier-free guidance scale for T2I and T2V samples (the run trains with 10% caption dropout)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +128,7 @@ class Demo:
                       "grid_height": vqgan.config.grid[0], "grid_width": vqgan.config.grid[1]},
             "data": {"image_shards": str(self.codes / "images-train"), "video_shards": str(self.codes / "videos-train"),
                      "tokenizer": str(self.tokenizer), "micro_batch": {"t2i": 16, "v2v": 4, "t2v": 4},
-                     "num_workers": 1},
+                     "num_workers": 1, "caption_dropout": 0.1},  # for classifier-free guidance when sampling
             "optim": {"lr": 2e-3},
             "trainer": {"steps": steps, "grad_accum": 1, "precision": "fp32", "ds_config": "ds_configs/cpu.json",
                         "output_dir": str(self.run), "checkpoint_every": max(1, steps // 2), "keep_last": 1,
@@ -154,7 +156,8 @@ class Demo:
         if samples.exists():
             shutil.rmtree(samples)
         samples.mkdir(parents=True)
-        sampling = SamplingConfig(temperature=1.0, top_k=32)
+        sampling = SamplingConfig(temperature=1.0, top_k=32, guidance=GUIDANCE)
+        none_text = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))[None]
         palette = palette_through(vqgan)
         colour_of = functools.partial(object_colour, palette=palette)
         direction_of = functools.partial(motion_direction, palette=palette)
@@ -167,12 +170,12 @@ class Demo:
             grid = model.config.image_grid if task == "t2i" else model.config.video_grid
             truth = torch.from_numpy(np.stack([r["codes"] for r in records]).astype(np.int64))
             keep, reference = None, None
-            if task == "v2v":  # video prediction from the first 2 frames, under the "None" text
-                text = torch.from_numpy(np.stack([tokenizer.encode_none()[0]] * len(records)).astype(np.int64))
-                keep, reference = keep_first_frames(grid, 2), truth
+            if task == "v2v":  # video prediction from the first 2 frames, under the "None" text: no guidance
+                text, keep, reference = none_text.expand(len(records), -1), keep_first_frames(grid, 2), truth
             else:
                 text = torch.from_numpy(np.stack([r["text"] for r in records]).astype(np.int64))
-            codes = generate(model, text, grid, reference=reference, keep=keep, sampling=sampling,
+            codes = generate(model, text, grid, reference=reference, keep=keep, unconditional=none_text,
+                             sampling=sampling if task != "v2v" else dataclasses.replace(sampling, guidance=1.0),
                              generator=torch.Generator().manual_seed(0))
             with torch.no_grad():  # [N, T, H, W, 3]; the held-out inputs' own codes give the VQ-GAN's ceiling
                 pixels, truth_pixels = to_uint8(vqgan.decode_video(codes)), to_uint8(vqgan.decode_video(truth))

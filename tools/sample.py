@@ -89,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="classifier-free guidance scale for text tasks (1 = off; the model needs data.caption_dropout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", required=True, type=Path)
@@ -131,8 +133,12 @@ def sample(args) -> list[Path]:
                 "ti2i": lambda: keep_outside_region(grid, _region(args.region), downsample)}[task]()
     text = encode_text(tokenizer, args.text, task).to(args.device).expand(args.num_candidates, -1)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    if args.guidance != 1.0 and task not in TEXT_TASKS:
+        raise ValueError(f"--guidance steers towards --text; --task {task} has none")
+    unconditional = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))[None].to(args.device)
     codes = generate(model, text, grid, reference=reference, keep=keep, generator=generator,
-                     sampling=SamplingConfig(args.temperature, args.top_k, args.top_p))
+                     unconditional=unconditional,
+                     sampling=SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance))
     with torch.no_grad():
         pixels = to_uint8(vqgan.decode_video(codes))  # [N, T, H, W, 3]
     args.output.mkdir(parents=True, exist_ok=True)
