@@ -52,7 +52,7 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(images=1000, videos=400, vqgan_steps=800, pretrain_steps=1000, samples=40),
+    "default": DemoSize(images=1000, videos=400, vqgan_steps=800, pretrain_steps=1600, samples=60),
     "ci": DemoSize(images=120, videos=30, vqgan_steps=60, pretrain_steps=12, samples=4),
 }
 
