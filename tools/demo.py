@@ -128,7 +128,10 @@ class Demo:
                       "grid_height": vqgan.config.grid[0], "grid_width": vqgan.config.grid[1]},
             "data": {"image_shards": str(self.codes / "images-train"), "video_shards": str(self.codes / "videos-train"),
                      "tokenizer": str(self.tokenizer), "micro_batch": {"t2i": 16, "v2v": 4, "t2v": 4},
-                     "num_workers": 1, "caption_dropout": 0.1},  # for classifier-free guidance when sampling
+                     "num_workers": 1, "caption_dropout": 0.1,  # for classifier-free guidance when sampling
+                     # Video steps twice as often as image steps: same 1,600 steps, held-out V2V direction
+                     # 48% vs 30% with equal weights (T2I colour 35% vs 43%, within noise of 60 samples).
+                     "schedule": [{"start_step": 0, "weights": {"t2i": 1.0, "v2v": 2.0, "t2v": 2.0}}]},
             "optim": {"lr": 2e-3},
             "trainer": {"steps": steps, "grad_accum": 1, "precision": "fp32", "ds_config": "ds_configs/cpu.json",
                         "output_dir": str(self.run), "checkpoint_every": max(1, steps // 2), "keep_last": 1,
