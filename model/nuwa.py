@@ -194,8 +194,9 @@ class Nuwa(nn.Module):
         keys[:, 0] = True
         return keys
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """text [B, L] ids → condition states [B, L, d] on the 1×1×L grid (pad slots attend, are never keys)."""
+    def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text [B, L] ids → (condition states [B, L, d] on the 1×1×L grid, their keys [B, L]): pad
+        slots attend but are never keys, here and in the decoder's cross-attention."""
         L = text.shape[1]
         if L != self.config.text_length:
             raise ValueError(f"text has {L} positions, the model expects {self.config.text_length}")
@@ -203,7 +204,7 @@ class Nuwa(nn.Module):
         keys = self.text_keys(text)
         for block in self.encoder:
             x = self._run(block, x, self.config.text_grid, self.config.text_extent, keys)
-        return self.encoder_norm(x)
+        return self.encoder_norm(x), keys
 
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """[S·H·W, d]: per-axis tables added, in raster order."""
@@ -250,6 +251,6 @@ class Nuwa(nn.Module):
 
     def forward(self, text: torch.Tensor, codes: torch.Tensor):
         """text [B, L], codes [B, S, H, W] → (logits [B, N, V], mean cross-entropy over all codes)."""
-        logits = self.decode(codes, self.encode_text(text), self.text_keys(text))
+        logits = self.decode(codes, *self.encode_text(text))
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.reshape(-1).long())
         return logits, loss

@@ -70,8 +70,8 @@ class DecoderCache:
             self.condition_kv.append((block.cross_attn.split_heads(k), block.cross_attn.split_heads(v)))
         condition_grid = (1, 1, condition.shape[1])
         self.self_window = _windows(grid, grid, model.extent_for(grid), True, device)
-        self.cross_window = _windows(grid, condition_grid, model.config.text_extent, False, device)
-        self.condition_keys = condition_keys  # (B, L)
+        cross_index, cross_mask = _windows(grid, condition_grid, model.config.text_extent, False, device)
+        self.cross_index, self.cross_visible = cross_index, cross_mask & condition_keys[:, cross_index]  # (B, n, W)
         self.angles = model.rotary_angles(grid)  # (n, hd/2) or None
 
 
@@ -85,8 +85,7 @@ def _attend(attn, q, keys, values, visible):
 def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> torch.Tensor:
     """Run slot t (x [B, 1, d], already embedded) through the decoder; returns logits [B, V] for token t."""
     index, visible = cache.self_window[0][t], cache.self_window[1][t]
-    cross_index = cache.cross_window[0][t]
-    cross_visible = cache.cross_window[1][t] & cache.condition_keys[:, cross_index]  # (B, W)
+    cross_index, cross_visible = cache.cross_index[t], cache.cross_visible[:, t]  # (W,), (B, W)
     true = torch.ones(1, dtype=torch.bool, device=x.device)
     for i, block in enumerate(model.decoder):
         attn = block.self_attn
@@ -140,22 +139,20 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
         raise ValueError("keep marks positions to copy but no reference codes were given")
     reference = (torch.zeros(B, n, dtype=torch.long, device=text.device) if reference is None
                  else reference.to(text.device).expand(B, *grid).reshape(B, n).long())
-    codes = torch.zeros(B, n, dtype=torch.long, device=text.device)
-    condition, condition_keys = model.encode_text(text), model.text_keys(text)
+    copies = len(text) // B  # 2 under guidance: both halves read the same tokens
+    codes = torch.zeros(copies * B, n, dtype=torch.long, device=text.device)
+    condition, condition_keys = model.encode_text(text)
     positions = model.position_embedding(grid)
     cache = DecoderCache(model, condition, condition_keys, grid) if use_cache else None
-    both = codes.repeat(2, 1) if guided else codes  # (2B or B, n): both halves read the same tokens
     for t in range(n):
         if use_cache:
-            token = model.bos.expand(len(both), 1, -1) if t == 0 else model.code_embed(both[:, t - 1: t])
+            token = model.bos.expand(len(codes), 1, -1) if t == 0 else model.code_embed(codes[:, t - 1: t])
             logits = decode_step(model, cache, token + positions[t], t)
         else:
-            logits = model.decode(both.view(-1, *grid), condition, condition_keys)[:, t]
+            logits = model.decode(codes.view(-1, *grid), condition, condition_keys)[:, t]
         if guided:
             cond, uncond = logits.float().chunk(2)
             logits = uncond + sampling.guidance * (cond - uncond)
         sampled = sample_logits(logits, sampling, generator)
-        codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled)
-        if guided:
-            both[:, t] = codes[:, t].repeat(2)
-    return codes.view(B, *grid)
+        codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled).repeat(copies)
+    return codes[:B].view(B, *grid)

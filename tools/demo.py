@@ -206,8 +206,8 @@ class Demo:
 
     def render(self, checks: dict, rows: list[str], palette: np.ndarray, seconds: float) -> str:
         colour_chance, direction_chance = 1 / len(COLOURS), 1 / len(DIRECTIONS)
-        state = json.loads((self.run / "metrics.jsonl").read_text().splitlines()[-1])
-        first = json.loads((self.run / "metrics.jsonl").read_text().splitlines()[0])
+        logged = (self.run / "metrics.jsonl").read_text().splitlines()
+        first, state = json.loads(logged[0]), json.loads(logged[-1])
         lines = [
             "# NÜWA demo report", "",
             f"Pre-training: {self.size.pretrain_steps} steps on 2 CPU ranks (ZeRO-2), loss {first['loss']:.3f} at step 1 "
