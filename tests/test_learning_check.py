@@ -55,3 +55,21 @@ def test_pixels_are_read_against_the_palette_the_vqgan_draws():
     frame = render_frame(ShapeSpec("circle", "red", "large", "white", None, (0.5, 0.5), 0.0), 0.0, 64).copy()
     frame[(frame == (230, 25, 25)).all(-1)] = (235, 125, 45)
     assert object_colour(frame) != "red" and object_colour(frame, palette=shifted) == "red"
+
+
+class PlainFramesDrawnBlack:
+    """A stand-in VQ-GAN that draws every frame as it is, except a plain one, which comes out black
+    (what the demo's tiny VQ-GAN did to a plain gray frame: it never saw a frame without a shape)."""
+    config = VQGANConfig.from_preset("tiny")
+
+    def encode(self, images):
+        return images
+
+    def decode(self, images):
+        plain = (images == images[:, :, :1, :1]).flatten(1).all(1)
+        return torch.where(plain[:, None, None, None], -1.0, images)
+
+
+def test_background_colours_are_read_from_frames_with_a_shape():
+    drawn = palette_through(PlainFramesDrawnBlack())
+    np.testing.assert_allclose(drawn, PALETTE, atol=0.5)  # gray stays gray, every colour as drawn

@@ -15,7 +15,7 @@ import torch
 
 from model.vqgan import VQGAN
 from preprocess.readers import uint8_to_model
-from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS, ShapeSpec, render_frame
+from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS, SIZES, ShapeSpec, render_frame
 from tools.sample import to_uint8
 
 PALETTE_NAMES = list(COLOURS) + list(BACKGROUNDS)
@@ -26,25 +26,25 @@ def palette_through(vqgan: VQGAN) -> np.ndarray:
     """The palette as `vqgan` draws it, [P, 3]: a small VQ-GAN shifts hues (green comes out teal),
     and generated pixels are the VQ-GAN's drawing, so they are read against the same drawing.
 
-    Object colour: the mean decoded colour inside a large circle of that colour, over every
-    background; background colour: the mean of a plain frame of it, decoded."""
+    Frames like the data's: a large circle of every colour on every background. Object colour: the
+    mean decoded colour inside the circle, over the backgrounds; background colour: the mean decoded
+    colour more than a code away from the circle, over the colours. (A plain frame is no sample of
+    the data: the demo's VQ-GAN draws a plain gray frame black.)"""
     size = vqgan.config.resolution
-    frames, masks = [], []
+    frames, inside = [], []
     for name in COLOURS:
         for background in BACKGROUNDS:
             frame = render_frame(ShapeSpec("circle", name, "large", background, None, (0.5, 0.5), 0.0), 0.0, size)
             frames.append(frame)
-            masks.append((frame == COLOURS[name]).all(-1))
-    for background in BACKGROUNDS:
-        frames.append(np.full((size, size, 3), BACKGROUNDS[background], dtype=np.uint8))
-        masks.append(np.ones((size, size), dtype=bool))
-    pixels = uint8_to_model(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))  # [N, 3, H, W]
-    with torch.no_grad():  # drawn the way generated samples are: decoded, then to uint8 [N, H, W, 3]
-        drawn = to_uint8(vqgan.decode(vqgan.encode(pixels)))
-    means = np.stack([d[m].mean(0) for d, m in zip(drawn, masks)])
-    shapes = len(COLOURS) * len(BACKGROUNDS)
-    objects = means[:shapes].reshape(len(COLOURS), len(BACKGROUNDS), 3).mean(1)
-    return np.concatenate([objects, means[shapes:]]).astype(np.float32)
+            inside.append((frame == COLOURS[name]).all(-1))
+    pixels = uint8_to_model(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2))  # [C·B, 3, H, W]
+    with torch.no_grad():  # drawn the way generated samples are: decoded, then to uint8 [C·B, H, W, 3]
+        drawn = to_uint8(vqgan.decode(vqgan.encode(pixels))).astype(np.float32)
+    y, x = np.mgrid[:size, :size] + 0.5
+    far = np.hypot(x - size / 2, y - size / 2) > SIZES["large"] * size + vqgan.config.downsample
+    objects = np.stack([d[m].mean(0) for d, m in zip(drawn, inside)]).reshape(len(COLOURS), len(BACKGROUNDS), 3)
+    backgrounds = drawn[:, far].mean(1).reshape(len(COLOURS), len(BACKGROUNDS), 3)
+    return np.concatenate([objects.mean(1), backgrounds.mean(0)]).astype(np.float32)
 
 
 def palette_labels(frame: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
