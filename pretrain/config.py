@@ -40,6 +40,9 @@ class DataConfig:
     caption_dropout: float = 0.0
     """Fraction of T2I/T2V samples trained under the "None" text instead of their caption, so that
     sampling can use classifier-free guidance (V2V already trains videos under "None")."""
+    frames: dict[str, int] = field(default_factory=dict)
+    """Train a video task on the first N frames of every clip, e.g. {"t2v": 3} (absent: all of them):
+    a short clip costs a fraction of a whole one, so a step holds more clips of the same budget."""
 
 
 @dataclass
@@ -106,6 +109,9 @@ class PretrainConfig:
         missing = set(TASKS) - set(self.data.micro_batch)
         if missing:
             raise ValueError(f"data.micro_batch has no size for {sorted(missing)}")
+        for task, frames in self.data.frames.items():
+            if task not in ("v2v", "t2v") or not 1 <= frames <= self.model.frames:
+                raise ValueError(f"data.frames: {task}={frames}; video tasks (v2v, t2v) take 1..{self.model.frames} frames")
         if not self.data.schedule or self.data.schedule[0].start_step != 0:
             raise ValueError("data.schedule must start with a stage at start_step 0")
         if self.trainer.sample_every > 0 and not self.trainer.vqgan:

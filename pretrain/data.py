@@ -49,8 +49,8 @@ class StreamState:
 class TaskDataset(Dataset):
     """One task's view of a shard folder: which samples it may use, and what text they carry."""
 
-    def __init__(self, shards: ShardDataset, task: str, none_text: np.ndarray):
-        self.shards, self.task = shards, task
+    def __init__(self, shards: ShardDataset, task: str, none_text: np.ndarray, frames: int | None = None):
+        self.shards, self.task, self.frames = shards, task, frames
         lengths = shards.text_lengths()
         # T2I/T2V need a caption; V2V uses every video with the constant "None" condition.
         self.indices = np.arange(len(lengths)) if task == "v2v" else np.flatnonzero(lengths > 0)
@@ -62,7 +62,8 @@ class TaskDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         sample = self.shards[int(self.indices[i])]
         text = self.none_text if self.task == "v2v" else torch.from_numpy(sample["text"].astype(np.int64))
-        return {"codes": torch.from_numpy(sample["codes"].astype(np.int64)), "text": text}
+        codes = sample["codes"][:self.frames] if self.frames else sample["codes"]  # data.frames: the first N frames
+        return {"codes": torch.from_numpy(codes.astype(np.int64)), "text": text}
 
 
 def caption_dropped(seed: int, task: str, positions: range, rate: float) -> torch.Tensor:

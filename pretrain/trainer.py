@@ -180,9 +180,13 @@ class Trainer:
         tokenizer = CaptionTokenizer(cfg.data.tokenizer)
         shards = open_shards(cfg.data, cfg.model, tokenizer.fingerprint(), self.tasks)
         none_text, _ = tokenizer.encode_none()
-        self.datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, none_text) for t in sorted(self.tasks)}
+        self.datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, none_text, cfg.data.frames.get(t))
+                         for t in sorted(self.tasks)}
         grids = {"image": cfg.model.image_grid, "video": cfg.model.video_grid}
-        self.tokens_per_sample = {t: math.prod(grids[TASK_MODALITY[t]]) for t in self.tasks}
+        self.tokens_per_sample = {}
+        for t in self.tasks:
+            frames, height, width = grids[TASK_MODALITY[t]]
+            self.tokens_per_sample[t] = cfg.data.frames.get(t, frames) * height * width
 
         self.rank, self.world_size, self.device = init_distributed()
 

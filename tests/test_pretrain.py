@@ -18,6 +18,7 @@ from pretrain import checkpoint
 from pretrain.config import load_config
 from pretrain.data import (TASK_MODALITY, GlobalOrderSampler, MultiTaskData, StreamState, TaskDataset,
                            caption_dropped, open_shards, task_at)
+from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
 from pretrain.trainer import free_port
 
@@ -258,3 +259,30 @@ def test_samples_are_generated_into_tensorboard(tmp_path, code_shards, single_pr
     assert events.Images("samples/t2v")[0].step == 2
     with pytest.raises(ValueError, match="needs trainer.vqgan"):
         load_config(write_config(tmp_path, code_shards), ["--trainer.sample_every", "2"])
+
+
+def test_video_tasks_train_on_the_first_frames_when_asked(tmp_path, code_shards, single_process):
+    from pretrain.trainer import Trainer
+
+    config = load_config(write_config(tmp_path, code_shards, steps=4, checkpoint_every=100),
+                         ["--data.num_workers", "0", "--data.frames", '{"t2v": 1}'])
+    trainer = Trainer(config)
+    module, seen = trainer.engine.module, []
+    forward = module.forward
+
+    def recording(text, codes):
+        seen.append(codes.clone())
+        return forward(text, codes)
+
+    module.forward = recording
+    trainer.train()
+    shapes = {tuple(codes.shape[:2]) for codes in seen}
+    assert shapes == {(4, 1), (2, 1), (2, 2)}  # t2i 4 images, t2v 2 one-frame clips, v2v 2 whole clips
+    video = ShardDataset(code_shards["video"])
+    first_frames = [video[i]["codes"][:1] for i in range(len(video))]
+    t2v = [c for codes in seen if tuple(codes.shape[:2]) == (2, 1) for c in codes]
+    assert all(any(np.array_equal(c.numpy(), f) for f in first_frames) for c in t2v)
+    assert trainer.tokens_per_sample["t2v"] * 2 == trainer.tokens_per_sample["v2v"]
+    for frames in ('{"t2i": 1}', '{"t2v": 0}', '{"v2v": 3}'):
+        with pytest.raises(ValueError, match="data.frames"):
+            load_config(write_config(tmp_path, code_shards), ["--data.frames", frames])
