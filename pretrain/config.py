@@ -14,6 +14,7 @@ from model import typed_config
 from model.config import PRESETS, NuwaConfig
 
 TASKS = ("t2i", "v2v", "t2v")
+TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video"}
 
 
 @dataclass
@@ -110,8 +111,9 @@ class PretrainConfig:
         if missing:
             raise ValueError(f"data.micro_batch has no size for {sorted(missing)}")
         for task, frames in self.data.frames.items():
-            if task not in ("v2v", "t2v") or not 1 <= frames <= self.model.frames:
-                raise ValueError(f"data.frames: {task}={frames}; video tasks (v2v, t2v) take 1..{self.model.frames} frames")
+            if TASK_MODALITY.get(task) != "video" or not 1 <= frames <= self.model.frames:
+                videos = [t for t in TASKS if TASK_MODALITY[t] == "video"]
+                raise ValueError(f"data.frames: {task}={frames}; video tasks {videos} take 1..{self.model.frames} frames")
         if not self.data.schedule or self.data.schedule[0].start_step != 0:
             raise ValueError("data.schedule must start with a stage at start_step 0")
         if self.trainer.sample_every > 0 and not self.trainer.vqgan:

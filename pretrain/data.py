@@ -18,10 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from preprocess.shards import ShardDataset
-from pretrain.config import TASKS, DataConfig
+from pretrain.config import TASK_MODALITY, TASKS, DataConfig
 
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
-TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video"}
 
 
 def weights_at(config: DataConfig, step: int) -> dict[str, float]:
