@@ -34,7 +34,7 @@ from preprocess.text import CaptionTokenizer
 from tools.learning_check import (PALETTE_NAMES, caption_words, match_rate, motion_direction, object_colour,
                                   palette_through)
 from tools.make_demo_data import COLOURS, DIRECTIONS
-from tools.sample import save_image_grid, save_video, to_uint8
+from tools.sample import none_text, save_image_grid, save_video, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDANCE = 3.0
@@ -160,7 +160,7 @@ class Demo:
             shutil.rmtree(samples)
         samples.mkdir(parents=True)
         sampling = SamplingConfig(temperature=1.0, top_k=32, guidance=GUIDANCE)
-        none_text = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))[None]
+        none = none_text(tokenizer)  # [1, 77]
         palette = palette_through(vqgan)
         colour_of = functools.partial(object_colour, palette=palette)
         direction_of = functools.partial(motion_direction, palette=palette)
@@ -174,10 +174,10 @@ class Demo:
             truth = torch.from_numpy(np.stack([r["codes"] for r in records]).astype(np.int64))
             keep, reference = None, None
             if task == "v2v":  # video prediction from the first 2 frames, under the "None" text: no guidance
-                text, keep, reference = none_text.expand(len(records), -1), keep_first_frames(grid, 2), truth
+                text, keep, reference = none.expand(len(records), -1), keep_first_frames(grid, 2), truth
             else:
                 text = torch.from_numpy(np.stack([r["text"] for r in records]).astype(np.int64))
-            codes = generate(model, text, grid, reference=reference, keep=keep, unconditional=none_text,
+            codes = generate(model, text, grid, reference=reference, keep=keep, unconditional=none,
                              sampling=sampling if task != "v2v" else dataclasses.replace(sampling, guidance=1.0),
                              generator=torch.Generator().manual_seed(0))
             with torch.no_grad():  # [N, T, H, W, 3]; the held-out inputs' own codes give the VQ-GAN's ceiling

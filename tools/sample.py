@@ -47,17 +47,21 @@ def save_video(frames: np.ndarray, path: Path, fps: float) -> None:
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
+def none_text(tokenizer: CaptionTokenizer) -> torch.Tensor:
+    """[1, 77] ids of the "None" condition: V2V and I2I, and the unconditional half of guidance."""
+    return torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))[None]
+
+
 def encode_text(tokenizer: CaptionTokenizer, text: str | None, task: str) -> torch.Tensor:
     """[1, 77] ids: the caption (a warning when it is cut), or the "None" condition for V2V and I2I."""
     if task not in TEXT_TASKS:
-        ids, _ = tokenizer.encode_none()
-    else:
-        if not text:
-            raise ValueError(f"--task {task} needs --text")
-        ids, _ = tokenizer.encode(text)
-        if tokenizer.piece_count(text) > TEXT_LENGTH - 2:
-            print(f"sample: warning: the prompt has {tokenizer.piece_count(text)} pieces; only the first "
-                  f"{TEXT_LENGTH - 2} fit the {TEXT_LENGTH}-position text grid", file=sys.stderr)
+        return none_text(tokenizer)
+    if not text:
+        raise ValueError(f"--task {task} needs --text")
+    ids, _ = tokenizer.encode(text)
+    if tokenizer.piece_count(text) > TEXT_LENGTH - 2:
+        print(f"sample: warning: the prompt has {tokenizer.piece_count(text)} pieces; only the first "
+              f"{TEXT_LENGTH - 2} fit the {TEXT_LENGTH}-position text grid", file=sys.stderr)
     return torch.from_numpy(ids.astype(np.int64))[None]
 
 
@@ -135,9 +139,8 @@ def sample(args) -> list[Path]:
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     if args.guidance != 1.0 and task not in TEXT_TASKS:
         raise ValueError(f"--guidance steers towards --text; --task {task} has none")
-    unconditional = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))[None].to(args.device)
     codes = generate(model, text, grid, reference=reference, keep=keep, generator=generator,
-                     unconditional=unconditional,
+                     unconditional=none_text(tokenizer).to(args.device),
                      sampling=SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance))
     with torch.no_grad():
         pixels = to_uint8(vqgan.decode_video(codes))  # [N, T, H, W, 3]
