@@ -161,6 +161,11 @@ def uint8_to_model(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def model_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """The VQ-GAN's output range [-1, 1] → uint8 pixels, values outside it clipped."""
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image → float [3, H, W] in [-1, 1]."""
     return uint8_to_model(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))

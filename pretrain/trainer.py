@@ -22,6 +22,7 @@ from model.nuwa import Nuwa
 from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
 from model.vqgan import VQGAN
+from preprocess.readers import model_to_uint8
 from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig, OptimConfig
@@ -158,7 +159,7 @@ class SampleLogger:
             codes = generate(model, text, grid, reference=reference, keep=keep, sampling=SamplingConfig(top_k=32),
                              generator=torch.Generator(device=text.device).manual_seed(0))
             pixels = self.vqgan.decode_video(codes)[0]  # (T, 3, H, W) in [-1, 1]
-            images[f"samples/{task}"] = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+            images[f"samples/{task}"] = model_to_uint8(pixels).cpu()
         model.train()
         return images
 

@@ -26,7 +26,8 @@ from model.vqgan import VQGAN, VQGANConfig
 from preprocess import readers
 from preprocess.pipeline import DecodeStream, TokenizeConfig, tokenize_dataset
 from preprocess.readers import (ClipSampling, InputUnit, RawItem, Skip, SkipInput, clip_frame_indices, decode_caption,
-                                decode_image, iter_unit, list_units, load_image, resize_center_crop, video_clips)
+                                decode_image, iter_unit, list_units, load_image, model_to_uint8, resize_center_crop,
+                                uint8_to_model, video_clips)
 from preprocess.shards import MANIFEST, ShardDataset
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
 from preprocess.train_tokenizer import train_tokenizer
@@ -241,6 +242,13 @@ def test_resize_short_side_and_centre_crop():
     tensor = load_image(encode_image(square, "PNG"), 64)  # already the size: exact pixels, [-1, 1]
     assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.from_numpy(square.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_pixel_range_round_trip():
+    """Every uint8 value survives the trip to the VQ-GAN's [-1, 1] and back; decoder overshoot is clipped."""
+    values = torch.arange(256, dtype=torch.uint8)
+    torch.testing.assert_close(model_to_uint8(uint8_to_model(values)), values)
+    assert model_to_uint8(torch.tensor([-1.7, -1.0, 0.0, 1.0, 2.5])).tolist() == [0, 0, 128, 255, 255]
 
 
 @pytest.mark.parametrize("data, reason", [

@@ -26,14 +26,13 @@ from model.pretrained import load_pretrained, read_info
 from model.sampling import SamplingConfig, generate
 from model.tasks import INPUT_TASKS, TASKS, TEXT_TASKS, VIDEO_TASKS, keep_first_frames, keep_outside_region, keep_top_rows
 from model.vqgan import VQGAN
-from preprocess.readers import ClipSampling, load_image, uint8_to_model, video_clips
+from preprocess.readers import ClipSampling, load_image, model_to_uint8, uint8_to_model, video_clips
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[..., 3, H, W] in [-1, 1] → uint8 [..., H, W, 3]."""
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.movedim(-3, -1).cpu().numpy()
+    return model_to_uint8(images).movedim(-3, -1).cpu().numpy()
 
 
 def save_image_grid(images: np.ndarray, path: Path) -> None:
