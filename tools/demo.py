@@ -137,7 +137,7 @@ class Demo:
                      # Video steps 4 times as often as image steps, most of them captioned (T2V): the
                      # direction word only matters where a clip's second frame shows the first step of the
                      # motion, so T2V needs the most steps. 1/1/3 against 1/2/2 (8 heads): the word's effect
-                     # on frame 1 0.096 vs 0.035 nats per code, held-out T2V direction 38% vs 29% of 80.
+                     # on frame 1 0.096 vs 0.035 nats per code, held-out T2V direction 38% vs 31% of 80.
                      "schedule": [{"start_step": 0, "weights": {"t2i": 1.0, "v2v": 1.0, "t2v": 3.0}}]},
             "optim": {"lr": 2e-3},
             "trainer": {"steps": steps, "grad_accum": 1, "precision": "fp32", "ds_config": "ds_configs/cpu.json",
