@@ -1,6 +1,6 @@
 """The whole pipeline on an embedded synthetic dataset, in one command, on a laptop CPU.
 
-    python tools/demo.py                 # → demo_out/report.md (about 14 minutes on 2 cores)
+    python tools/demo.py                 # → demo_out/report.md (14 to 18 minutes on 2 cores)
     python tools/demo.py --size ci       # the same stages at test size (a few minutes)
     python tools/demo.py --fresh         # start over instead of reusing finished stages
 
@@ -121,12 +121,13 @@ class Demo:
     def pretrain(self):
         vqgan = VQGAN.from_pretrained(self.vqgan)
         steps = self.size.pretrain_steps
-        # Rotary encoding (model.rotary) on top of the paper's position tables: a shape's motion is one
-        # offset in the 3×3×3 window, which a query then learns as one direction (same tokens seen,
-        # held-out T2V accuracy on frames 2+ 0.56 vs 0.50). 8 heads, not the preset's 4, at the same width:
-        # following a motion takes one head per window offset; with 4 the direction word was never read
-        # (swapping it raised the held-out loss of frame 1 by 0.006 nats per code, with 8 by 0.035, T2I colour
-        # 38% → 54% of 100 held-out captions) for ~15% longer steps.
+        # The figures below were measured with the earlier 12-fps clips. Rotary encoding (model.rotary) on
+        # top of the paper's position tables: a shape's motion is one offset in the 3×3×3 window, which a
+        # query then learns as one direction (same tokens seen, held-out T2V accuracy on frames 2+ 0.56 vs
+        # 0.50). 8 heads, not the preset's 4, at the same width: following a motion takes one head per
+        # window offset; with 4 the direction word was never read (swapping it raised the held-out loss of
+        # frame 1 by 0.006 nats per code, with 8 by 0.035, T2I colour 38% → 54% of 100 held-out captions)
+        # for ~15% longer steps.
         config = {
             "model": {"preset": "tiny", "text_vocab_size": CaptionTokenizer(self.tokenizer).vocab_size,
                       "codebook_size": vqgan.config.codebook_size, "frames": 10, "rotary": True, "heads": 8,
