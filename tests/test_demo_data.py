@@ -60,8 +60,7 @@ def test_video_shapes_wrap_around_the_edges():
     assert red[:, :5].sum() == red[:, -5:].sum() > 0 and not red[:, 20:44].any()
 
 
-
-def test_default_clips_move_exactly_one_code_per_sampled_frame():
+def test_default_clips_move_one_code_per_sampled_frame():
     """The frames preprocessing samples from a default demo video (2.5 fps, timestamps as decord
     reads them) lie 8 px apart, one code of the f8 tokenizer, so each frame's codes can be the
     previous frame's codes shifted. PIL rasterises float positions slightly differently, so up to
@@ -85,6 +84,7 @@ def test_default_clips_move_exactly_one_code_per_sampled_frame():
         clip = [render_frame(spec, i / config.fps, config.image_size) for i in indices]
         for before, after in zip(clip, clip[1:]):
             assert (after != np.roll(before, (dy * step, dx * step), axis=(0, 1))).any(-1).mean() <= 0.01
+
 
 def _members(path):
     with tarfile.open(path) as tar:

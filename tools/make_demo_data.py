@@ -7,9 +7,9 @@ comes back on the right), so a clip of any length shows clear motion. The defaul
 it 8 px per frame of a 2.5-fps clip at 64 px: one VQ code of the demo's f8 tokenizer, a motion
 a tiny generator can learn in minutes. The videos run at 10 fps, a multiple of 2.5, so that
 every sampled frame lies exactly 8 px on: at 12 fps the clip's frames fall 4 or 5 video frames
-apart (6.7 or 8.3 px), and a shape's codes survive a one-code shift for 70% of its codes
-instead of 92%. The vocabulary is exposed as module constants so that
-the demo's learning check measures colour and motion against the same words.
+apart (6.7 or 8.3 px), and through the demo's VQ-GAN 70% of a shape's codes are the previous
+frame's codes shifted by one, against 93% at 10 fps. The vocabulary is exposed as module
+constants so that the demo's learning check measures colour and motion against the same words.
 
 Layout (what img2dataset / video2dataset write, plus a JSONL index per split)::
 
