@@ -43,8 +43,8 @@ def write_config(tmp_path, code_shards, name="run", **trainer):
 def launch(args, ranks=None, env=None, timeout=300, launcher="deepspeed"):
     """Run pretrain/main.py under a launcher with `ranks` processes (deepspeed or torchrun), or plain python."""
     prefix = [sys.executable]
-    if ranks and launcher == "deepspeed":
-        prefix = ["deepspeed", "--num_gpus", str(ranks)]
+    if ranks and launcher == "deepspeed":  # a free port: the launcher's default 29500 may be taken by another run
+        prefix = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port())]
     elif ranks:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                   "--master_port", str(free_port())]
