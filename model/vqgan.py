@@ -54,6 +54,11 @@ class VQGANConfig:
     attn_levels: tuple[int, ...] = (4,)
     """Levels (0 = full resolution) with self-attention after each ResnetBlock. taming names them by
     resolution instead (`attn_resolutions: [16]` at 256 px is level 4 of a five-level model)."""
+    mid_attention: bool = True
+    """Self-attention in the encoder's and decoder's middle block (taming always has it). Without it
+    and without attn_levels the model is convolutional: a code is drawn from nearby codes only, so
+    what a region looks like (an object's colour) is held by that region's own codes, not shared
+    through global context, which a generator attending to nearby codes cannot see."""
     z_channels: int = 256
     """Channels of the encoder output and the decoder input."""
     embed_dim: int = 256
@@ -221,12 +226,12 @@ class Level(nn.Module):
 
 
 class Middle(nn.Module):
-    """ResnetBlock → attention → ResnetBlock at the lowest resolution."""
+    """ResnetBlock → attention (optional) → ResnetBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, groups: int, dropout: float, padding_mode: str):
+    def __init__(self, channels: int, groups: int, dropout: float, padding_mode: str, attention: bool):
         super().__init__()
         self.block_1 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
-        self.attn_1 = AttnBlock(channels, groups)
+        self.attn_1 = AttnBlock(channels, groups) if attention else nn.Identity()
         self.block_2 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -251,7 +256,7 @@ class Encoder(nn.Module):
             last = level == len(cfg.ch_mult) - 1
             self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out, pad)))
             width = out
-        self.mid = Middle(width, g, p, pad)
+        self.mid = Middle(width, g, p, pad, cfg.mid_attention)
         self.norm_out = group_norm(width, g)
         self.conv_out = conv3x3(width, cfg.z_channels, pad)
 
@@ -271,7 +276,7 @@ class Decoder(nn.Module):
         g, p, pad = cfg.norm_groups, cfg.dropout, cfg.padding_mode
         width = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = conv3x3(cfg.z_channels, width, pad)
-        self.mid = Middle(width, g, p, pad)
+        self.mid = Middle(width, g, p, pad, cfg.mid_attention)
         up = []
         for level in reversed(range(len(cfg.ch_mult))):
             out = cfg.ch * cfg.ch_mult[level]
@@ -532,6 +537,7 @@ def infer_taming_config(state: dict[str, torch.Tensor], source: str, **overrides
         ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels)),
         num_res_blocks=num_res_blocks,
         attn_levels=tuple(i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state),
+        mid_attention="encoder.mid.attn_1.q.weight" in state,
         z_channels=state["encoder.conv_out.weight"].shape[0],
         embed_dim=state["quantize.embedding.weight"].shape[1],
         codebook_size=state["quantize.embedding.weight"].shape[0],

@@ -212,6 +212,12 @@ def clip_frame_indices(frame_starts: np.ndarray, duration: float, sampling: Clip
     return clips
 
 
+def frame_timestamps(reader) -> tuple[np.ndarray, float]:
+    """Each frame's presentation start and the video's end, in seconds, from a decord VideoReader."""
+    timestamps = np.asarray(reader.get_frame_timestamp(list(range(len(reader)))), dtype=np.float64)
+    return timestamps[:, 0], float(timestamps[-1, 1])
+
+
 def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
     """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput)."""
     import decord
@@ -224,10 +230,10 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
         reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
         if len(reader) == 0:
             raise SkipInput(CORRUPT_VIDEO, "no frames")
-        timestamps = np.asarray(reader.get_frame_timestamp(list(range(len(reader)))), dtype=np.float64)
-        clips = clip_frame_indices(timestamps[:, 0], float(timestamps[-1, 1]), sampling)
+        starts, duration = frame_timestamps(reader)
+        clips = clip_frame_indices(starts, duration, sampling)
         if not clips:
-            raise SkipInput(VIDEO_TOO_SHORT, f"{timestamps[-1, 1]:.2f} s < {sampling.start + sampling.seconds:.2f} s "
+            raise SkipInput(VIDEO_TOO_SHORT, f"{duration:.2f} s < {sampling.start + sampling.seconds:.2f} s "
                                              f"needed from {sampling.start:.2f} s on")
         wanted = sorted({i for clip in clips for i in clip})
         frames = dict(zip(wanted, reader.get_batch(wanted).asnumpy()))

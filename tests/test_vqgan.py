@@ -94,6 +94,19 @@ def test_circular_padding_makes_codes_follow_whole_code_shifts():
         VQGANConfig.from_preset("tiny", padding_mode="mirror")
 
 
+def test_convolutional_vqgan_has_no_attention_and_keeps_taming_layout(tmp_path):
+    """mid_attention=False with no attn_levels: no self-attention anywhere, and the taming layout
+    carries the choice (no encoder.mid.attn_1 keys), so the model round-trips through it."""
+    model = small_model(mid_attention=False, attn_levels=())
+    assert not any("attn" in key for key in model.state_dict())
+    torch.save(model.state_dict(), tmp_path / "conv.pt")
+    back = VQGAN.from_taming(tmp_path / "conv.pt", resolution=32, norm_groups=4).eval()
+    assert not back.config.mid_attention and back.config.attn_levels == ()
+    images = shapes(2, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(back(images)[0], model(images)[0])
+
+
 def test_encode_rejects_bad_images():
     model = small_model()
     with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
