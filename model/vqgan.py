@@ -22,7 +22,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ from model import typed_config
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+NORMS = ("group", "pixel")
 
 
 @dataclass
@@ -69,6 +70,13 @@ class VQGANConfig:
     """Commitment weight: pulls encoder outputs toward their codes (VQ-VAE's beta)."""
     norm_groups: int = 32
     """GroupNorm groups (taming uses 32; the tiny preset uses fewer so that narrow layers still normalise)."""
+    encoder_norm: str = "group"
+    """The encoder's normalisation. "group": GroupNorm as taming, statistics over the whole feature map,
+    so every code depends on the image's global statistics (a plain background takes many codes).
+    "pixel": each position normalised over its own channels (LayerNorm per pixel, GroupNorm's parameter
+    names): with no attention either, a region's code depends on nearby pixels only. The decoder keeps
+    GroupNorm, whose statistics over the map amplify the small codes of taming's initialisation early in
+    training; with per-pixel norm there too, the demo's codebook collapsed onto one point."""
     dropout: float = 0.0
     """Dropout inside ResnetBlocks."""
     padding_mode: str = "zeros"
@@ -86,6 +94,8 @@ class VQGANConfig:
         widths = [self.ch * m for m in self.ch_mult]
         if any(w % self.norm_groups for w in widths):
             raise ValueError(f"channel widths {widths} must be divisible by norm_groups={self.norm_groups}")
+        if self.encoder_norm not in NORMS:
+            raise ValueError(f"encoder_norm must be one of {NORMS}, got {self.encoder_norm!r}")
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
@@ -127,8 +137,27 @@ def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+class PixelNorm(nn.Module):
+    """LayerNorm over the channels of each position of a (B, C, H, W) map; `weight`/`bias` named as GroupNorm's."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)  # (B, 1, H, W)
+        return (x - mean) * torch.rsqrt(var + 1e-6) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+Norm = Callable[[int], nn.Module]
+"""Builds the normalisation layer for a number of channels."""
+
+
+def norm_layer(kind: str, groups: int) -> Norm:
+    if kind == "pixel":
+        return PixelNorm
+    return lambda channels: nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def conv3x3(in_channels: int, out_channels: int, padding_mode: str) -> nn.Conv2d:
@@ -138,11 +167,11 @@ def conv3x3(in_channels: int, out_channels: int, padding_mode: str) -> nn.Conv2d
 class ResnetBlock(nn.Module):
     """norm → swish → conv, twice, plus a (1×1-projected where widths differ) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float, padding_mode: str):
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm, dropout: float, padding_mode: str):
         super().__init__()
-        self.norm1 = group_norm(in_channels, groups)
+        self.norm1 = norm(in_channels)
         self.conv1 = conv3x3(in_channels, out_channels, padding_mode)
-        self.norm2 = group_norm(out_channels, groups)
+        self.norm2 = norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(out_channels, out_channels, padding_mode)
         if in_channels != out_channels:
@@ -159,9 +188,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of a feature map, with a residual."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, norm: Norm):
         super().__init__()
-        self.norm = group_norm(channels, groups)
+        self.norm = norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -228,11 +257,11 @@ class Level(nn.Module):
 class Middle(nn.Module):
     """ResnetBlock → attention (optional) → ResnetBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, groups: int, dropout: float, padding_mode: str, attention: bool):
+    def __init__(self, channels: int, norm: Norm, dropout: float, padding_mode: str, attention: bool):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
-        self.attn_1 = AttnBlock(channels, groups) if attention else nn.Identity()
-        self.block_2 = ResnetBlock(channels, channels, groups, dropout, padding_mode)
+        self.block_1 = ResnetBlock(channels, channels, norm, dropout, padding_mode)
+        self.attn_1 = AttnBlock(channels, norm) if attention else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, norm, dropout, padding_mode)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -245,19 +274,19 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        g, p, pad = cfg.norm_groups, cfg.dropout, cfg.padding_mode
+        norm, p, pad = norm_layer(cfg.encoder_norm, cfg.norm_groups), cfg.dropout, cfg.padding_mode
         self.conv_in = conv3x3(cfg.in_channels, cfg.ch, pad)
         self.down = nn.ModuleList()
         width = cfg.ch
         for level, mult in enumerate(cfg.ch_mult):
             out = cfg.ch * mult
-            blocks = [ResnetBlock(width if i == 0 else out, out, g, p, pad) for i in range(cfg.num_res_blocks)]
-            attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
+            blocks = [ResnetBlock(width if i == 0 else out, out, norm, p, pad) for i in range(cfg.num_res_blocks)]
+            attns = [AttnBlock(out, norm) for _ in blocks] if level in cfg.attn_levels else []
             last = level == len(cfg.ch_mult) - 1
             self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out, pad)))
             width = out
-        self.mid = Middle(width, g, p, pad, cfg.mid_attention)
-        self.norm_out = group_norm(width, g)
+        self.mid = Middle(width, norm, p, pad, cfg.mid_attention)
+        self.norm_out = norm(width)
         self.conv_out = conv3x3(width, cfg.z_channels, pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,19 +302,19 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        g, p, pad = cfg.norm_groups, cfg.dropout, cfg.padding_mode
+        norm, p, pad = norm_layer("group", cfg.norm_groups), cfg.dropout, cfg.padding_mode
         width = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = conv3x3(cfg.z_channels, width, pad)
-        self.mid = Middle(width, g, p, pad, cfg.mid_attention)
+        self.mid = Middle(width, norm, p, pad, cfg.mid_attention)
         up = []
         for level in reversed(range(len(cfg.ch_mult))):
             out = cfg.ch * cfg.ch_mult[level]
-            blocks = [ResnetBlock(width if i == 0 else out, out, g, p, pad) for i in range(cfg.num_res_blocks + 1)]
-            attns = [AttnBlock(out, g) for _ in blocks] if level in cfg.attn_levels else []
+            blocks = [ResnetBlock(width if i == 0 else out, out, norm, p, pad) for i in range(cfg.num_res_blocks + 1)]
+            attns = [AttnBlock(out, norm) for _ in blocks] if level in cfg.attn_levels else []
             up.insert(0, Level(blocks, attns, upsample=None if level == 0 else Upsample(out, pad)))
             width = out
         self.up = nn.ModuleList(up)  # indexed by level as in taming: up[0] is full resolution
-        self.norm_out = group_norm(width, g)
+        self.norm_out = norm(width)
         self.conv_out = conv3x3(width, cfg.out_channels, pad)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,24 @@ def test_convolutional_vqgan_has_no_attention_and_keeps_taming_layout(tmp_path):
         torch.testing.assert_close(back(images)[0], model(images)[0])
 
 
+def test_pixel_norm_encoder_codes_only_see_nearby_pixels():
+    """encoder_norm="pixel" with no attention: changing one corner of a 256-px image leaves the
+    encoder output at the opposite corner (over 64 px away) unchanged; GroupNorm's map-wide
+    statistics change it everywhere. The decoder keeps GroupNorm either way."""
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    changed = image.clone()
+    changed[..., 128:, 128:] = -1
+    far = {}
+    for norm in ("group", "pixel"):
+        model = small_model(resolution=256, mid_attention=False, attn_levels=(), encoder_norm=norm)
+        with torch.no_grad():
+            far[norm] = (model.encoder(image) - model.encoder(changed))[..., :8, :8].abs().max().item()
+        assert isinstance(model.decoder.mid.block_1.norm1, torch.nn.GroupNorm)
+    assert far["pixel"] < 1e-4 < 0.05 < far["group"]
+    with pytest.raises(ValueError, match="encoder_norm"):
+        VQGANConfig.from_preset("tiny", encoder_norm="batch")
+
+
 def test_encode_rejects_bad_images():
     model = small_model()
     with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
