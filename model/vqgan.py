@@ -57,9 +57,9 @@ class VQGANConfig:
     resolution instead (`attn_resolutions: [16]` at 256 px is level 4 of a five-level model)."""
     mid_attention: bool = True
     """Self-attention in the encoder's and decoder's middle block (taming always has it). Without it
-    and without attn_levels the model is convolutional: a code is drawn from nearby codes only, so
-    what a region looks like (an object's colour) is held by that region's own codes, not shared
-    through global context, which a generator attending to nearby codes cannot see."""
+    and without attn_levels, only GroupNorm's map-wide statistics reach past the convolutions'
+    receptive field (see encoder_norm): what a region looks like is then held by that region's own
+    codes, which a generator attending to nearby codes can see."""
     z_channels: int = 256
     """Channels of the encoder output and the decoder input."""
     embed_dim: int = 256
