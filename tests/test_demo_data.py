@@ -3,7 +3,7 @@ import io
 import json
 import tarfile
 
-import av  # before anything loads decord, see preprocess/readers.py
+import av  # noqa: F401  (PyAV before anything loads decord, see preprocess/readers.py)
 import numpy as np
 import pytest
 
@@ -85,11 +85,6 @@ def test_default_clips_move_one_code_per_sampled_frame():
             assert (after != np.roll(before, (dy * step, dx * step), axis=(0, 1))).any(-1).mean() <= 0.01
 
 
-def _decoded(mp4: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(mp4)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
 def _members(path):
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -105,15 +100,7 @@ def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
         "images/heldout/00000.tar", "images/train/00000.tar", "images/train/00001.tar",
         "videos/heldout/00000.tar", "videos/train/00000.tar"]
     for f in files:
-        if f.suffix != ".tar":
-            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-            continue
-        first, second = _members(tmp_path / "a" / f), _members(tmp_path / "b" / f)
-        assert sorted(first) == sorted(second), f
-        for name in first:  # x264 here varies its encoding run to run: MP4s compare decoded, within 2 levels
-            same = (np.abs(_decoded(first[name]).astype(int) - _decoded(second[name])).mean() < 2
-                    if name.endswith(".mp4") else first[name] == second[name])
-            assert same, (f, name)
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert summary["counts"] == {"images": {"train": 5, "heldout": 2}, "videos": {"train": 2, "heldout": 1}}
 
     images = _members(tmp_path / "a/images/train/00000.tar")
