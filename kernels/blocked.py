@@ -126,4 +126,5 @@ def blocked_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, caus
     k_t = k.index_select(2, plan.kv_index).view(B * H, plan.n_tiles, plan.tile_k, D)
     v_t = v.index_select(2, plan.kv_index).view(B * H, plan.n_tiles, plan.tile_k, D)
     out = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=plan.mask)  # [B*h, tiles, tile_q, D]
-    return out.view(B, H, plan.n_tiles * plan.tile_q, D).index_select(2, plan.q_inverse)
+    # CUDA's SDPA may return a non-contiguous layout, hence reshape
+    return out.reshape(B, H, plan.n_tiles * plan.tile_q, D).index_select(2, plan.q_inverse)

@@ -2,10 +2,11 @@
 
 The mask_mod reads the canonical rule (DESIGN.md) from small per-token lookup tables, so
 FlexAttention skips every (query block, key block) pair with no visible key. Global keys are
-placed first. At 21×21 grids the default 128-token blocks cover ~6 rows of a frame and waste
-most of the sparsity; 64 is the default here. It was not measured on a GPU in this repository
-yet (no accelerator was lent to the session that wrote it): `tools/bench_3dna.py` on a CUDA
-machine is how to choose it. On CPU, FlexAttention runs forward only (tests use that).
+placed first. Blocks are FlexAttention's default 128 tokens (about 6 rows of a 21×21 frame).
+On an H200 (torch 2.11) smaller blocks did not compile: 64-token blocks fail against the
+kernel's 128-wide tiles, and with 64-wide tiles passed as `kernel_options` inductor found no
+valid configuration. Compiled flex needs head sizes of at least 16. On CPU, FlexAttention runs
+forward only (tests use that).
 """
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from kernels.mask import Extent, Grid
 
-DEFAULT_BLOCK_SIZE = 64
-
 
 @functools.lru_cache(maxsize=64)
 def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
-                     device: torch.device, block_size: int = DEFAULT_BLOCK_SIZE) -> BlockMask:
+                     device: torch.device) -> BlockMask:
     """BlockMask over [G globals, Nk grid keys] for queries in raster order."""
     (Sq, Hq, Wq), (Sk, Hk, Wk) = q_grid, kv_grid
     q = torch.arange(Sq * Hq * Wq, device=device)
@@ -38,8 +37,7 @@ def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, 
             near = near & (k < q_idx)
         return (kv_idx < n_global) | ((k >= 0) & near)
 
-    return create_block_mask(mask_mod, None, None, Sq * Hq * Wq, n_global + Sk * Hk * Wk, device=device,
-                             BLOCK_SIZE=block_size)
+    return create_block_mask(mask_mod, None, None, Sq * Hq * Wq, n_global + Sk * Hk * Wk, device=device)
 
 
 @functools.cache
@@ -48,12 +46,14 @@ def _compiled_flex():
 
 
 def flex_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool,
-                          k_global=None, v_global=None, block_size: int = DEFAULT_BLOCK_SIZE):
+                          k_global=None, v_global=None):
     """Same contract as `nearby_attention`; compiled FlexAttention on CUDA, eager elsewhere."""
+    if q.is_cuda and q.shape[-1] < 16:
+        raise ValueError(f"compiled FlexAttention needs a head size of at least 16, got {q.shape[-1]}; "
+                         f"use backend='blocked'")
     n_global = 0 if k_global is None else k_global.shape[2]
     if n_global:
         k, v = torch.cat([k_global, k], 2), torch.cat([v_global, v], 2)
-    block_mask = build_block_mask(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device,
-                                  block_size)
+    block_mask = build_block_mask(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device)
     attend = _compiled_flex() if q.is_cuda else flex_attention
     return attend(q, k, v, block_mask=block_mask)

@@ -90,12 +90,11 @@ def _inputs(q_grid, kv_grid, heads=2, dim=8, globals_=1, seed=0):
 
 def _run(backend, tensors, q_grid, kv_grid, extent, causal, **kw):
     q, k, v, kg, vg = tensors
-    fn = blocked_attention if backend == "blocked-tile" else nearby_attention
     if backend == "blocked-tile":
-        out = fn(q, k, v, q_grid, kv_grid, extent, causal, kg, vg, **kw)
+        out = blocked_attention(q, k, v, q_grid, kv_grid, extent, causal, kg, vg, **kw)
     else:
-        out = fn(q, k, v, q_grid, kv_grid, extent, causal, backend=backend, k_global=kg, v_global=vg)
-    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+        out = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend=backend, k_global=kg, v_global=vg)
+    weights = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
     inputs = [t for t in tensors if t is not None]
     grads = torch.autograd.grad((out * weights).sum(), inputs)
     return out, grads
@@ -149,7 +148,8 @@ def test_flex_equals_reference_forward(q_grid, kv_grid, extent, causal, n_global
 @pytest.mark.parametrize("backend", ["blocked", "flex"])
 @pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global", CASES)
 def test_cuda_backends_equal_reference(backend, q_grid, kv_grid, extent, causal, n_global):
-    tensors = [t if t is None else t.detach().cuda().requires_grad_() for t in _inputs(q_grid, kv_grid, globals_=n_global)]
+    tensors = [t if t is None else t.detach().cuda().requires_grad_()
+               for t in _inputs(q_grid, kv_grid, dim=16, globals_=n_global)]  # compiled flex: head size >= 16
     ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, extent, causal)
     out, grads = _run(backend, tensors, q_grid, kv_grid, extent, causal)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)

@@ -112,6 +112,27 @@ def test_backends_agree_and_checkpointing_keeps_gradients(rotary):
         torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA backends need a GPU")
+@pytest.mark.parametrize("rotary", [False, True])
+def test_cuda_backends_agree_and_bf16_tracks_fp32(rotary):
+    """On the GPU, the model with flex and blocked 3DNA equals the dense reference (loss and gradients);
+    a bf16 autocast step stays near the fp32 loss."""
+    text, codes = (t.cuda() for t in batch(tiny(), 3))
+    results = []
+    for backend in ("reference", "blocked", "flex"):
+        model = tiny(rotary=rotary, attention_backend=backend).cuda().train()
+        _, loss = model(text, codes)
+        loss.backward()
+        results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
+    for loss, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-4)
+    model = tiny(rotary=rotary, attention_backend="flex").cuda().train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = model(text, codes)
+    assert abs(loss.item() - results[0][0].item()) < 0.02 * results[0][0].item()
+
+
 def test_rotary_scores_depend_on_the_offset_only():
     grid, head_dim = (3, 4, 5), 16
     angles = rotary_angles(grid, head_dim)  # (60, 8)

@@ -1,4 +1,6 @@
 """Sampling: KV-cached decoding equals full recomputation; keep masks, top-k/top-p, bad input."""
+import copy
+
 import pytest
 import torch
 
@@ -60,6 +62,20 @@ def test_kept_positions_are_copied_and_decoded_like_the_reference(model):
     uncached = generate(model, text, grid, reference=reference, keep=keep, generator=torch.Generator().manual_seed(4),
                         use_cache=False)
     assert torch.equal(out, uncached)  # the uncached path feeds kept tokens through the full decoder
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_cached_decoding_gives_the_tokens_of_uncached_decoding(model):
+    model = copy.deepcopy(model).cuda()
+    text = torch.randint(1, 64, (3, 77), generator=torch.Generator().manual_seed(1)).cuda()
+    keep = torch.zeros(3, 4, 5, dtype=torch.bool)
+    keep[0] = True
+    reference = torch.randint(0, 32, (3, 3, 4, 5), generator=torch.Generator().manual_seed(3))
+    for sampling, kept in ((SamplingConfig(temperature=0), {}), (SamplingConfig(top_k=8), {}),
+                           (SamplingConfig(), dict(keep=keep, reference=reference))):
+        runs = [generate(model, text, (3, 4, 5), sampling=sampling, use_cache=c, **kept,
+                         generator=torch.Generator("cuda").manual_seed(7)) for c in (True, False)]
+        assert runs[0].is_cuda and torch.equal(runs[0], runs[1])
 
 
 def test_sample_logits_filters():

@@ -1,10 +1,11 @@
-"""Benchmark 3D nearby attention: the blocked fast path against the dense reference.
+"""Benchmark 3D nearby attention: the fast paths against the dense reference.
 
-Forward + backward, causal, one <bos> global key, float32, batch 1. Prints time and peak
-tensor memory side by side, and the ratios.
+Forward + backward, causal, one <bos> global key, batch 1. Prints time and peak memory side by
+side, and the ratios to the reference. On CPU the backends are reference and blocked (peak live
+tensor bytes); on CUDA also flex (peak allocated bytes).
 
-    python tools/bench_3dna.py                      # the README table
-    python tools/bench_3dna.py --frames 1 10 --heads 2
+    python tools/bench_3dna.py                      # the README table (CPU)
+    python tools/bench_3dna.py --device cuda --heads 20 --dtype bf16 --frames 1 10 20 40
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from torch.utils._pytree import tree_map_only
 from kernels import nearby_attention
 from kernels.attention import reference_mask
 from kernels.blocked import build_plan
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -68,13 +71,16 @@ def keep_freed_memory_in_heap():
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
-def measure(frames: int, backend: str, heads: int, head_dim: int, extent, repeats: int):
-    """Median seconds and peak tensor bytes (plus the cached mask/plan) of one forward+backward."""
+def measure(frames: int, backend: str, heads: int, head_dim: int, extent, repeats: int, device, dtype):
+    """Median seconds and peak bytes (plus the cached mask/plan) of one forward+backward."""
     grid = (frames, 21, 21)
     n = frames * 21 * 21
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen, requires_grad=True) for _ in range(3))
-    kg, vg = (torch.randn(1, heads, 1, head_dim, generator=gen, requires_grad=True) for _ in range(2))
+    gen = torch.Generator(device).manual_seed(0)
+
+    def leaf(length):
+        return torch.randn(1, heads, length, head_dim, generator=gen, device=device, dtype=dtype).requires_grad_()
+
+    q, k, v, kg, vg = leaf(n), leaf(n), leaf(n), leaf(1), leaf(1)
 
     def step():
         out = nearby_attention(q, k, v, grid, grid, extent, causal=True, backend=backend, k_global=kg, v_global=vg)
@@ -82,15 +88,27 @@ def measure(frames: int, backend: str, heads: int, head_dim: int, extent, repeat
         for t in (q, k, v, kg, vg):
             t.grad = None
 
-    step()  # warm-up: builds the cached mask/plan for this grid
-    with PeakTensorMemory() as mem:
+    step()  # warm-up: builds the cached mask/plan (and compiles flex) for this grid
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         step()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        with PeakTensorMemory() as mem:
+            step()
+        peak = mem.peak
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), mem.peak + cached_bytes(backend, grid, extent)
+    return statistics.median(times), peak + cached_bytes(backend, grid, extent)
 
 
 def cached_bytes(backend: str, grid, extent) -> int:
@@ -98,6 +116,8 @@ def cached_bytes(backend: str, grid, extent) -> int:
     cpu = torch.device("cpu")
     if backend == "reference":
         return reference_mask(grid, grid, extent, True, 1, cpu).nbytes
+    if backend == "flex":
+        return 0  # its block mask lives on the device, inside the allocated peak
     plan = build_plan(grid, grid, extent, True, 1, cpu)
     return sum(t.nbytes for t in (plan.q_index, plan.q_inverse, plan.kv_index, plan.mask))
 
@@ -109,24 +129,36 @@ def main():
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--extent", type=int, nargs=3, default=[3, 3, 3])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--glibc-default", action="store_true",
                         help="keep glibc's mmap threshold: large buffers are page-faulted anew on every call")
     args = parser.parse_args()
-    if not args.glibc_default:
+    device = torch.device(args.device)
+    backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
+    if device.type == "cpu" and not args.glibc_default:
         keep_freed_memory_in_heap()
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+             f"{torch.get_num_threads()} threads, "
+             f"{'glibc default malloc' if args.glibc_default else 'large buffers kept in the heap'}")
     print(f"3DNA forward+backward, causal, extent {tuple(args.extent)}, {args.heads} heads of {args.head_dim}, "
-          f"float32, {torch.get_num_threads()} threads, "
-          f"{'glibc default malloc' if args.glibc_default else 'large buffers kept in the heap'}; "
-          f"memory = peak live tensor bytes incl. the cached mask/plan")
-    header = f"{'grid':>10} | {'dense ms':>9} {'blocked ms':>10} {'speed-up':>8} | {'dense MB':>9} {'blocked MB':>10} {'mem ratio':>9}"
+          f"{args.dtype}, {where}; memory = peak {'allocated' if device.type == 'cuda' else 'live tensor'} bytes "
+          f"incl. the cached mask/plan; ratios = reference / backend")
+    others = backends[1:]
+    header = (f"{'grid':>10} | " + " ".join(f"{b + ' ms':>12}" for b in backends) + " | "
+              + " ".join(f"{b + ' speed-up':>16}" for b in others) + " | "
+              + " ".join(f"{b + ' MB':>12}" for b in backends) + " | "
+              + " ".join(f"{b + ' mem ratio':>17}" for b in others))
     print(header)
     print("-" * len(header))
     for frames in args.frames:
-        extent = tuple(args.extent)
-        t_ref, m_ref = measure(frames, "reference", args.heads, args.head_dim, extent, args.repeats)
-        t_blk, m_blk = measure(frames, "blocked", args.heads, args.head_dim, extent, args.repeats)
-        print(f"{f'{frames}x21x21':>10} | {t_ref * 1e3:9.1f} {t_blk * 1e3:10.1f} {t_ref / t_blk:7.1f}x | "
-              f"{m_ref / 2**20:9.1f} {m_blk / 2**20:10.1f} {m_ref / max(m_blk, 1):8.1f}x")
+        results = {b: measure(frames, b, args.heads, args.head_dim, tuple(args.extent), args.repeats, device,
+                              DTYPES[args.dtype]) for b in backends}
+        (t_ref, m_ref) = results["reference"]
+        print(f"{f'{frames}x21x21':>10} | " + " ".join(f"{results[b][0] * 1e3:12.1f}" for b in backends) + " | "
+              + " ".join(f"{t_ref / results[b][0]:15.1f}x" for b in others) + " | "
+              + " ".join(f"{results[b][1] / 2**20:12.1f}" for b in backends) + " | "
+              + " ".join(f"{m_ref / max(results[b][1], 1):16.1f}x" for b in others))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Training throughput on this machine: tokens/s of a forward+backward+AdamW step, the model with
-3DNA (the blocked backend) beside the same model with dense masked attention (the reference).
+"""Training throughput: tokens/s of a forward+backward+AdamW step, the model with 3DNA (the blocked
+backend; on CUDA also flex) beside the same model with dense masked attention (the reference).
 
-    python tools/bench_train.py                   # the README table
+    python tools/bench_train.py                   # the README table (CPU)
     python tools/bench_train.py --configs mid --steps 5
+    python tools/bench_train.py --device cuda --dtype bf16 --configs mid paper
 """
 from __future__ import annotations
 
@@ -19,43 +20,68 @@ CONFIGS = {  # name → (preset overrides, task grid, micro-batch)
     "tiny": (dict(), (4, 8, 8), 4),
     "mid": (dict(width=512, heads=8, encoder_layers=2, decoder_layers=6, frames=10, grid_height=21,
                  grid_width=21, codebook_size=1024), (10, 21, 21), 1),
+    "paper": (dict(preset="nuwa-336"), (10, 21, 21), 2),  # the 870M model on its T2V grid (GPU only)
 }
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def tokens_per_second(config: NuwaConfig, grid, batch: int, steps: int) -> float:
+def tokens_per_second(config: NuwaConfig, grid, batch: int, steps: int, device: torch.device, dtype) -> tuple:
+    """(tokens/s, peak GiB allocated on CUDA or None); weights and Adam states fp32, compute in `dtype`."""
     torch.manual_seed(0)
-    model = Nuwa(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    text = torch.randint(0, config.text_vocab_size, (batch, config.text_length))
-    codes = torch.randint(0, config.codebook_size, (batch, *grid))
+    model = Nuwa(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    text = torch.randint(0, config.text_vocab_size, (batch, config.text_length), device=device)
+    codes = torch.randint(0, config.codebook_size, (batch, *grid), device=device)
     times = []
-    for i in range(steps + 1):  # the first step builds the 3DNA plan / mask caches
+    for i in range(steps + 1):  # the first step builds the 3DNA plan / mask caches (and compiles flex)
+        if i == 1 and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        _, loss = model(text, codes)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            _, loss = model(text, codes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - start)
-    return codes.numel() / statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return codes.numel() / statistics.median(times), peak
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["tiny", "mid"], choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast compute precision")
     args = parser.parse_args()
-    print(f"train step (forward + backward + AdamW), fp32, {torch.get_num_threads()} threads")
-    print(f"{'config':>6} {'params':>8} {'grid':>12} {'batch':>5} | {'dense tok/s':>11} {'3DNA tok/s':>10} {'speed-up':>8}")
+    device = torch.device(args.device)
+    backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"train step (forward + backward + AdamW), {args.dtype}, {where}; speed-up = tok/s over the reference's"
+          + ("; GiB = peak allocated" if device.type == "cuda" else ""))
+    print(f"{'config':>6} {'params':>8} {'grid':>12} {'batch':>5} | "
+          + " ".join(f"{b + ' tok/s':>15}" for b in backends) + " | "
+          + " ".join(f"{b + ' speed-up':>16}" for b in backends[1:])
+          + (" | " + " ".join(f"{b + ' GiB':>13}" for b in backends) if device.type == "cuda" else ""))
     for name in args.configs:
         overrides, grid, batch = CONFIGS[name]
-        config = NuwaConfig.from_preset("tiny", **overrides)
+        overrides = dict(overrides)
+        config = NuwaConfig.from_preset(overrides.pop("preset", "tiny"), **overrides)
         with torch.device("meta"):
             params = Nuwa(config).num_parameters(exclude_embeddings=False)
-        dense = tokens_per_second(config.replace(attention_backend="reference"), grid, batch, args.steps)
-        nearby = tokens_per_second(config.replace(attention_backend="blocked"), grid, batch, args.steps)
-        print(f"{name:>6} {params / 1e6:7.1f}M {'x'.join(map(str, grid)):>12} {batch:>5} | {dense:11.0f} "
-              f"{nearby:10.0f} {nearby / dense:7.1f}x")
+        results = {b: tokens_per_second(config.replace(attention_backend=b), grid, batch, args.steps, device,
+                                        DTYPES[args.dtype]) for b in backends}
+        rate_ref = results["reference"][0]
+        print(f"{name:>6} {params / 1e6:7.1f}M {'x'.join(map(str, grid)):>12} {batch:>5} | "
+              + " ".join(f"{results[b][0]:15.0f}" for b in backends) + " | "
+              + " ".join(f"{results[b][0] / rate_ref:15.1f}x" for b in backends[1:])
+              + (" | " + " ".join(f"{results[b][1]:13.1f}" for b in backends) if device.type == "cuda" else ""))
 
 
 if __name__ == "__main__":
