@@ -97,40 +97,32 @@ def test_extents_come_from_config():
     assert _slots_reaching_logit(model, text, codes, t) == {0, t}
 
 
-@pytest.mark.parametrize("rotary", [False, True])
-def test_backends_agree_and_checkpointing_keeps_gradients(rotary):
-    text, codes = batch(tiny(), 3)
-    results = []
-    for overrides in (dict(attention_backend="reference"), dict(attention_backend="blocked"),
-                      dict(activation_checkpointing=True)):
-        model = tiny(rotary=rotary, **overrides).train()
-        _, loss = model(text, codes)
-        loss.backward()
-        results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
-    for loss, grad in results[1:]:
-        torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-5)
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA backends need a GPU")
+VARIANTS = {  # the models compared with the dense reference on each device
+    "cpu": (dict(attention_backend="blocked"), dict(activation_checkpointing=True)),
+    "cuda": (dict(attention_backend="blocked"), dict(attention_backend="flex")),
+}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA backends need a GPU")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
 @pytest.mark.parametrize("rotary", [False, True])
-def test_cuda_backends_agree_and_bf16_tracks_fp32(rotary):
-    """On the GPU, the model with flex and blocked 3DNA equals the dense reference (loss and gradients);
-    a bf16 autocast step stays near the fp32 loss."""
-    text, codes = (t.cuda() for t in batch(tiny(), 3))
+def test_backends_agree_and_checkpointing_keeps_gradients(rotary, device):
+    """Loss and gradients of every backend (and of checkpointed blocks) equal the dense reference's;
+    on the GPU a bf16 autocast step also stays near the fp32 loss."""
+    text, codes = (t.to(device) for t in batch(tiny(), 3))
     results = []
-    for backend in ("reference", "blocked", "flex"):
-        model = tiny(rotary=rotary, attention_backend=backend).cuda().train()
+    for overrides in (dict(attention_backend="reference"), *VARIANTS[device]):
+        model = tiny(rotary=rotary, **overrides).to(device).train()
         _, loss = model(text, codes)
         loss.backward()
         results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
     for loss, grad in results[1:]:
         torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-4)
-    model = tiny(rotary=rotary, attention_backend="flex").cuda().train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        _, loss = model(text, codes)
-    assert abs(loss.item() - results[0][0].item()) < 0.02 * results[0][0].item()
+    if device == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = tiny(rotary=rotary, attention_backend="flex").cuda().train()(text, codes)
+        assert abs(loss.item() - results[0][0].item()) < 0.02 * results[0][0].item()
 
 
 def test_rotary_scores_depend_on_the_offset_only():
