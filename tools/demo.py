@@ -94,9 +94,10 @@ class Demo:
         # which pays for 1,000 steps. The demo's frames wrap around their edges, so circular padding fits
         # them: a shape moved by one code keeps its codes (84% of a clip's codes follow the motion
         # exactly, 34% with zero padding). No attention and a per-pixel norm in the encoder: a code then
-        # depends on nearby pixels only, so a plain background far from the shape takes one main code
-        # (57-77% of such cells, 19-28% with attention and GroupNorm) and the generator has fewer look-alike
-        # codes to choose between (same pre-training: T2I colour 52% vs 33%, T2V colour 32% vs 15%).
+        # depends only on pixels within the convolutions' reach (about 10 codes, which at 64 px is still the
+        # whole frame) and on no map-wide statistics, so a plain background far from the shape takes one main
+        # code (57-77% of such cells, 19-28% with attention and GroupNorm) and the generator has fewer
+        # look-alike codes to choose between (same pre-training: T2I colour 52% vs 33%, T2V colour 32% vs 15%).
         config = {"preset": "tiny", "model": {"codebook_size": 64, "padding_mode": "circular", "ch": 16,
                                               "attn_levels": [], "mid_attention": False, "encoder_norm": "pixel"},
                   "data": {"paths": [str(self.data / "images" / "train")], "num_workers": 1},
