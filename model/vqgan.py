@@ -60,6 +60,11 @@ class VQGANConfig:
     and without attn_levels, only GroupNorm's map-wide statistics reach past the convolutions'
     receptive field (see encoder_norm): what a region looks like is then held by that region's own
     codes, which a generator attending to nearby codes can see."""
+    encoder_middle: bool = True
+    """The encoder's middle block (ResnetBlock, attention, ResnetBlock at the lowest resolution; taming
+    always has it). Without it and with num_res_blocks 0, a code sees its own cell and about one cell
+    around it instead of ±10 codes of pixels (tiny preset): codes of a plain background far from any
+    shape are then one code. Taming checkpoints always have it."""
     z_channels: int = 256
     """Channels of the encoder output and the decoder input."""
     embed_dim: int = 256
@@ -99,6 +104,9 @@ class VQGANConfig:
             raise ValueError(f"encoder_norm must be one of {NORMS}, got {self.encoder_norm!r}")
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
+        if self.num_res_blocks < 1 and len(set(self.ch_mult)) > 1:
+            raise ValueError(f"num_res_blocks 0 leaves no block to change the width: ch_mult {self.ch_mult} "
+                             f"must then be one value")
         if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
             raise ValueError(f"attn_levels {self.attn_levels} must lie in 0..{len(self.ch_mult) - 1}")
 
@@ -286,7 +294,7 @@ class Encoder(nn.Module):
             last = level == len(cfg.ch_mult) - 1
             self.down.append(Level(blocks, attns, downsample=None if last else Downsample(out, pad)))
             width = out
-        self.mid = Middle(width, norm, p, pad, cfg.mid_attention)
+        self.mid = Middle(width, norm, p, pad, cfg.mid_attention) if cfg.encoder_middle else nn.Identity()
         self.norm_out = norm(width)
         self.conv_out = conv3x3(width, cfg.z_channels, pad)
 

@@ -125,6 +125,25 @@ def test_pixel_norm_encoder_codes_only_see_nearby_pixels():
         VQGANConfig.from_preset("tiny", encoder_norm="batch")
 
 
+def test_encoder_without_blocks_sees_about_one_code_around():
+    """num_res_blocks 0 and no encoder middle block: one changed pixel moves the encoder output of
+    codes at most 2 codes away (the full encoder: 10); the decoder keeps its blocks."""
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    changed = image.clone()
+    changed[..., 128, 128] = -2  # in code (16, 16)
+    reach = {}
+    for local in (False, True):
+        model = small_model(resolution=256, ch_mult=(1, 1, 1, 1), attn_levels=(), mid_attention=False,
+                            encoder_norm="pixel", **(dict(num_res_blocks=0, encoder_middle=False) if local else {}))
+        with torch.no_grad():
+            moved = (model.encoder(image) - model.encoder(changed)).abs().amax(1)[0] > 0  # (32, 32)
+        reach[local] = (moved.nonzero() - 16).abs().max().item()
+        assert hasattr(model.decoder.mid, "block_1")  # the decoder keeps its middle block
+    assert reach[True] <= 2 < 8 <= reach[False]
+    with pytest.raises(ValueError, match="num_res_blocks 0"):
+        VQGANConfig.from_preset("tiny", num_res_blocks=0)
+
+
 def test_encode_rejects_bad_images():
     model = small_model()
     with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
