@@ -1,6 +1,6 @@
 """The whole pipeline on an embedded synthetic dataset, in one command, on a laptop CPU.
 
-    python tools/demo.py                 # → demo_out/report.md (about 15 minutes on 2 cores)
+    python tools/demo.py                 # → demo_out/report.md (about 14 minutes on 2 cores)
     python tools/demo.py --size ci       # the same stages at test size (a few minutes)
     python tools/demo.py --fresh         # start over instead of reusing finished stages
 
