@@ -53,7 +53,7 @@ class NuwaConfig:
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass: trades ~30% more compute for activation memory."""
     attention_backend: Optional[str] = None
-    """Force a 3DNA backend ("reference", "blocked", "flex"); None: "blocked", the fastest measured on CPU and GPU."""
+    """Force a 3DNA backend ("reference", "blocked", "flex"); None: "blocked" (why: kernels/attention.py)."""
 
     def __post_init__(self):
         if self.width % self.heads:

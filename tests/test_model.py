@@ -118,7 +118,7 @@ def test_backends_agree_and_checkpointing_keeps_gradients(rotary, device):
         results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
     for loss, grad in results[1:]:
         torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-5 if device == "cpu" else 1e-4)
     if device == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, loss = tiny(rotary=rotary, attention_backend="flex").cuda().train()(text, codes)

@@ -127,7 +127,7 @@ def test_pixel_norm_encoder_codes_only_see_nearby_pixels():
 
 def test_encoder_without_blocks_sees_about_one_code_around():
     """num_res_blocks 0 and no encoder middle block: one changed pixel moves the encoder output of
-    codes at most 2 codes away (the full encoder: 10); the decoder keeps its blocks."""
+    codes at most 2 codes away (with the blocks: 8 or more); the decoder keeps its blocks."""
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     changed = image.clone()
     changed[..., 128, 128] = -2  # in code (16, 16)

@@ -3,7 +3,7 @@ the whole decoder for every token. Same model, seed and tokens; prints tokens/s 
 
     python tools/bench_sampling.py                   # the README table
     python tools/bench_sampling.py --width 256 --grid 8 --frames 1 4
-    python tools/bench_sampling.py --device cuda --width 1280 --layers 24 --grid 21 --frames 1 10
+    python tools/bench_sampling.py --device cuda --frames 1 4
 """
 from __future__ import annotations
 
