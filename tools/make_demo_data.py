@@ -26,10 +26,14 @@ different samples (positions, timing) drawn from the same caption vocabulary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import io
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import av
@@ -181,38 +185,46 @@ def make_sample(config: DemoDataConfig, kind: str, split: str, index: int) -> tu
     return spec, encode_mp4(frames, config.fps), "mp4"
 
 
-def write_split(config: DemoDataConfig, kind: str, split: str, count: int, folder: Path) -> None:
-    """Write `count` samples as tars of `samples_per_tar` plus `{split}.jsonl`, each file atomically."""
+def write_tar(config: DemoDataConfig, kind: str, split: str, count: int, out: Path, tar_index: int) -> list[dict]:
+    """Write tar `tar_index` of one split (samples_per_tar samples of `count`) atomically; return its index rows."""
+    final, tmp = out / f"{tar_index:05d}.tar", out / f".{tar_index:05d}.tar.tmp"
+    rows = []
+    with wds.TarWriter(str(tmp), mtime=0.0) as writer:
+        first = tar_index * config.samples_per_tar
+        for index in range(first, min(first + config.samples_per_tar, count)):
+            spec, media, ext = make_sample(config, kind, split, index)
+            key = f"{tar_index:05d}{index - first:04d}"
+            text = caption(spec)
+            meta = {"key": key, "status": "success", "caption": text, "width": config.image_size,
+                    "height": config.image_size, "demo": dataclasses.asdict(spec)}
+            if kind == "videos":
+                meta.update(duration=config.video_seconds, fps=config.fps)
+            writer.write({"__key__": key, ext: media, "txt": text, "json": json.dumps(meta, sort_keys=True)})
+            rows.append({"key": key, "tar": final.name, "caption": text, **dataclasses.asdict(spec)})
+    os.replace(tmp, final)
+    return rows
+
+
+def write_split(config: DemoDataConfig, kind: str, split: str, count: int, folder: Path, pool=None) -> None:
+    """Write `count` samples as tars of `samples_per_tar` plus `{split}.jsonl`, each file atomically;
+    the tars are written by `pool`'s processes when given (the same bytes: each sample has its own seed)."""
     out = folder / kind / split
     out.mkdir(parents=True, exist_ok=True)
+    write = functools.partial(write_tar, config, kind, split, count, out)
+    tars = range(-(-count // config.samples_per_tar))
     index_rows = []
-    num_tars = -(-count // config.samples_per_tar)
-    bar = tqdm(total=count, desc=f"{kind}/{split}", unit="sample", leave=False)
-    for tar_index in range(num_tars):
-        final = out / f"{tar_index:05d}.tar"
-        tmp = out / f".{tar_index:05d}.tar.tmp"
-        with wds.TarWriter(str(tmp), mtime=0.0) as writer:
-            first = tar_index * config.samples_per_tar
-            for index in range(first, min(first + config.samples_per_tar, count)):
-                spec, media, ext = make_sample(config, kind, split, index)
-                key = f"{tar_index:05d}{index - first:04d}"
-                text = caption(spec)
-                meta = {"key": key, "status": "success", "caption": text, "width": config.image_size,
-                        "height": config.image_size, "demo": dataclasses.asdict(spec)}
-                if kind == "videos":
-                    meta.update(duration=config.video_seconds, fps=config.fps)
-                writer.write({"__key__": key, ext: media, "txt": text, "json": json.dumps(meta, sort_keys=True)})
-                index_rows.append({"key": key, "tar": final.name, "caption": text, **dataclasses.asdict(spec)})
-                bar.update()
-        os.replace(tmp, final)
-    bar.close()
+    with tqdm(total=count, desc=f"{kind}/{split}", unit="sample", leave=False) as bar:
+        for rows in (pool.imap(write, tars) if pool else map(write, tars)):
+            index_rows += rows
+            bar.update(len(rows))
     jsonl = folder / kind / f"{split}.jsonl"
     jsonl.with_suffix(".tmp").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in index_rows))
     os.replace(jsonl.with_suffix(".tmp"), jsonl)
 
 
-def make_demo_data(config: DemoDataConfig, output: str | Path) -> dict:
-    """Write the whole dataset under `output` and return the summary also stored in dataset.json."""
+def make_demo_data(config: DemoDataConfig, output: str | Path, workers: int = 1) -> dict:
+    """Write the whole dataset under `output` with `workers` processes and return the summary also
+    stored in dataset.json."""
     if config.image_size % 2:
         raise ValueError(f"--image-size must be even (H.264 yuv420p), got {config.image_size}")
     if config.video_seconds * config.fps < 1:
@@ -220,9 +232,10 @@ def make_demo_data(config: DemoDataConfig, output: str | Path) -> dict:
     folder = Path(output)
     counts = {"images": _split_counts(config.num_images, config.heldout_fraction),
               "videos": _split_counts(config.num_videos, config.heldout_fraction)}
-    for kind in KINDS:
-        for split in SPLITS:
-            write_split(config, kind, split, counts[kind][split], folder)
+    with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for kind in KINDS:
+            for split in SPLITS:
+                write_split(config, kind, split, counts[kind][split], folder, pool)
     summary = {"config": dataclasses.asdict(config), "counts": counts, "colours": COLOURS, "backgrounds": BACKGROUNDS,
                "shapes": SHAPES, "sizes": SIZES, "directions": DIRECTIONS}
     (folder / "dataset.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
@@ -242,12 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=float, default=defaults.speed, help="image sides per second")
     parser.add_argument("--heldout-fraction", type=float, default=defaults.heldout_fraction)
     parser.add_argument("--samples-per-tar", type=int, default=defaults.samples_per_tar)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes writing tars")
     args = vars(parser.parse_args(argv))
-    output = args.pop("output")
-    summary = make_demo_data(DemoDataConfig(**args), output)
+    output, workers = args.pop("output"), args.pop("workers")
+    start = time.perf_counter()
+    summary = make_demo_data(DemoDataConfig(**args), output, workers)
     counts = summary["counts"]
     print(f"demo data: {counts['images']['train']}+{counts['images']['heldout']} images, "
-          f"{counts['videos']['train']}+{counts['videos']['heldout']} videos (train+heldout) → {output}")
+          f"{counts['videos']['train']}+{counts['videos']['heldout']} videos (train+heldout) in "
+          f"{time.perf_counter() - start:.0f}s with {workers} workers → {output}")
 
 
 if __name__ == "__main__":
