@@ -62,9 +62,9 @@ class VQGANConfig:
     codes, which a generator attending to nearby codes can see."""
     encoder_middle: bool = True
     """The encoder's middle block (ResnetBlock, attention, ResnetBlock at the lowest resolution; taming
-    always has it). Without it and with num_res_blocks 0, a code sees its own cell and about one cell
-    around it instead of ±10 codes of pixels (tiny preset): codes of a plain background far from any
-    shape are then one code. Taming checkpoints always have it."""
+    checkpoints always have it). Without it and with num_res_blocks 0, a code sees its own cell and
+    about one cell around it instead of ±10 codes of pixels (tiny preset): codes of a plain background
+    far from any shape are then one code."""
     z_channels: int = 256
     """Channels of the encoder output and the decoder input."""
     embed_dim: int = 256

@@ -107,18 +107,24 @@ def test_convolutional_vqgan_has_no_attention_and_keeps_taming_layout(tmp_path):
         torch.testing.assert_close(back(images)[0], model(images)[0])
 
 
+def encoder_change(model: VQGAN, where: tuple, value: float) -> torch.Tensor:
+    """|change| of the encoder output, (C, 32, 32), when the pixels `where` of a fixed random
+    256-px image are set to `value`: how far a code's features reach."""
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    changed = image.clone()
+    changed[(..., *where)] = value
+    with torch.no_grad():
+        return (model.encoder(image) - model.encoder(changed)).abs()[0]
+
+
 def test_pixel_norm_encoder_codes_only_see_nearby_pixels():
     """encoder_norm="pixel" with no attention: changing one corner of a 256-px image leaves the
     encoder output at the opposite corner (over 64 px away) unchanged; GroupNorm's map-wide
     statistics change it everywhere. The decoder keeps GroupNorm either way."""
-    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    changed = image.clone()
-    changed[..., 128:, 128:] = -1
     far = {}
     for norm in ("group", "pixel"):
         model = small_model(resolution=256, mid_attention=False, attn_levels=(), encoder_norm=norm)
-        with torch.no_grad():
-            far[norm] = (model.encoder(image) - model.encoder(changed))[..., :8, :8].abs().max().item()
+        far[norm] = encoder_change(model, (slice(128, None), slice(128, None)), -1)[..., :8, :8].max().item()
         assert isinstance(model.decoder.mid.block_1.norm1, torch.nn.GroupNorm)
     assert far["pixel"] < 1e-4 < 0.05 < far["group"]
     with pytest.raises(ValueError, match="encoder_norm"):
@@ -128,15 +134,11 @@ def test_pixel_norm_encoder_codes_only_see_nearby_pixels():
 def test_encoder_without_blocks_sees_about_one_code_around():
     """num_res_blocks 0 and no encoder middle block: one changed pixel moves the encoder output of
     codes at most 2 codes away (with the blocks: 8 or more); the decoder keeps its blocks."""
-    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    changed = image.clone()
-    changed[..., 128, 128] = -2  # in code (16, 16)
     reach = {}
     for local in (False, True):
         model = small_model(resolution=256, ch_mult=(1, 1, 1, 1), attn_levels=(), mid_attention=False,
                             encoder_norm="pixel", **(dict(num_res_blocks=0, encoder_middle=False) if local else {}))
-        with torch.no_grad():
-            moved = (model.encoder(image) - model.encoder(changed)).abs().amax(1)[0] > 0  # (32, 32)
+        moved = encoder_change(model, (128, 128), -2).amax(0) > 0  # (32, 32); the pixel is in code (16, 16)
         reach[local] = (moved.nonzero() - 16).abs().max().item()
         assert hasattr(model.decoder.mid, "block_1")  # the decoder keeps its middle block
     assert reach[True] <= 2 < 8 <= reach[False]
