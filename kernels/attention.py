@@ -16,25 +16,26 @@ import torch
 import torch.nn.functional as F
 
 from kernels.blocked import blocked_attention
-from kernels.mask import check_extent, check_grid, nearby_mask
+from kernels.mask import NO_WRAP, check_extent, check_grid, check_wrap, nearby_mask
 
 BACKENDS = ("reference", "blocked", "flex")
 
 
 @functools.lru_cache(maxsize=64)
-def reference_mask(q_grid, kv_grid, extent, causal, n_global, device):
-    mask = nearby_mask(q_grid, kv_grid, extent, causal)
+def reference_mask(q_grid, kv_grid, extent, causal, n_global, device, wrap=NO_WRAP):
+    mask = nearby_mask(q_grid, kv_grid, extent, causal, wrap)
     if n_global:
         mask = torch.cat([torch.ones(mask.shape[0], n_global, dtype=torch.bool), mask], 1)
     return mask.to(device)
 
 
-def reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global=None, v_global=None, key_mask=None):
+def reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global=None, v_global=None, key_mask=None,
+                        wrap=NO_WRAP):
     """Dense SDPA over [globals, grid keys] with the canonical mask (and the grid keys' key_mask [B, Nk])."""
     n_global = 0 if k_global is None else k_global.shape[2]
     if n_global:
         k, v = torch.cat([k_global, k], 2), torch.cat([v_global, v], 2)
-    mask = reference_mask(q_grid, kv_grid, extent, causal, n_global, q.device)
+    mask = reference_mask(q_grid, kv_grid, extent, causal, n_global, q.device, tuple(wrap))
     if key_mask is not None:
         key_mask = F.pad(key_mask, (n_global, 0), value=True)  # globals are always keys
         mask = mask & key_mask[:, None, None, :]  # (B, 1, Nq, G + Nk)
@@ -66,23 +67,25 @@ def _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global, key_mask):
 
 
 def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, backend: str | None = None,
-                     k_global=None, v_global=None, key_mask=None) -> torch.Tensor:
+                     k_global=None, v_global=None, key_mask=None, wrap=NO_WRAP) -> torch.Tensor:
     """3D nearby attention: q [B,h,Nq,D], k/v [B,h,Nk,D] → [B,h,Nq,D].
 
     k_global/v_global [B,h,G,D] are keys every query sees (the decoder's <bos>). Causal attention
     must come with at least one global key: the first query has no earlier key of its own.
     key_mask [B, Nk] (False = padding, which no query reads) is for short condition grids, the
-    77-slot text: such calls take the dense path, whatever `backend` says.
+    77-slot text: such calls take the dense path, whatever `backend` says. `wrap` (time, row, column)
+    continues windows past the border on the other side (kernels/mask.py).
     """
     q_grid, kv_grid = check_grid(q_grid, "q_grid"), check_grid(kv_grid, "kv_grid")
     extent = check_extent(extent)
+    wrap = check_wrap(wrap, q_grid, kv_grid)
     _check_tensors(q, k, v, q_grid, kv_grid, k_global, v_global, key_mask)
     if causal and q_grid != kv_grid:
         raise ValueError(f"causal attention needs q_grid == kv_grid, got {q_grid} and {kv_grid}")
     if causal and k_global is None:
         raise ValueError("causal=True needs k_global/v_global: the first query has no earlier key")
     if key_mask is not None:
-        return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, key_mask)
+        return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, key_mask, wrap)
     if backend is None:
         if not causal and _is_full(q_grid, kv_grid, extent):  # no mask at all: plain SDPA is optimal
             if k_global is not None:
@@ -90,11 +93,11 @@ def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, bac
             return F.scaled_dot_product_attention(q, k, v)
         backend = "blocked"
     if backend == "reference":
-        return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global)
+        return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap=wrap)
     if backend == "blocked":
-        return blocked_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global)
+        return blocked_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap=wrap)
     if backend == "flex":
         from kernels.flex import flex_nearby_attention
-        return flex_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global)
+        return flex_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap)
     raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.mask import Extent, Grid, axis_visibility
+from kernels.mask import NO_WRAP, Extent, Grid, axis_visibility
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class BlockPlan:
     tile_k: int
 
 
-def _axis_tiles(n_q: int, n_k: int, e: int | None, t: int):
+def _axis_tiles(n_q: int, n_k: int, e: int | None, t: int, wrap: bool):
     """Cut one axis into tiles of t queries and find the keys each tile reaches on that axis.
 
     Returns query ids [T, t] and key ids [T, L] (-1 where a tile overhangs or has fewer keys)
@@ -39,7 +39,7 @@ def _axis_tiles(n_q: int, n_k: int, e: int | None, t: int):
     n_tiles = -(-n_q // t)
     q_ids = torch.arange(n_tiles * t).view(n_tiles, t)
     q_valid = q_ids < n_q
-    vis = axis_visibility(n_q, n_k, e)[q_ids.clamp(max=n_q - 1)] & q_valid[..., None]  # [T, t, n_k]
+    vis = axis_visibility(n_q, n_k, e, wrap=wrap)[q_ids.clamp(max=n_q - 1)] & q_valid[..., None]  # [T, t, n_k]
     seen = vis.any(1)
     slab = int(seen.sum(1).max())
     k_ids = torch.argsort((~seen).to(torch.int8), dim=1, stable=True)[:, :slab]  # reached keys first, in order
@@ -48,11 +48,11 @@ def _axis_tiles(n_q: int, n_k: int, e: int | None, t: int):
     return q_ids.masked_fill(~q_valid, -1), k_ids.masked_fill(~k_valid, -1), vis
 
 
-def _estimated_cost(q_grid: Grid, kv_grid: Grid, extent: Extent, tile: tuple[int, int, int]) -> float:
+def _estimated_cost(q_grid: Grid, kv_grid: Grid, extent: Extent, tile: tuple[int, int, int], wrap) -> float:
     """Scores computed (tiles × tile_q × slab) plus a per-tile overhead, from per-axis slabs."""
     n_tiles, tile_q, slab = 1, 1, 1
-    for n_q, n_k, e, t in zip(q_grid, kv_grid, extent, tile):
-        q_ids, k_ids, _ = _axis_tiles(n_q, n_k, e, t)
+    for n_q, n_k, e, t, w in zip(q_grid, kv_grid, extent, tile, wrap):
+        q_ids, k_ids, _ = _axis_tiles(n_q, n_k, e, t, w)
         n_tiles, tile_q, slab = n_tiles * q_ids.shape[0], tile_q * t, slab * k_ids.shape[1]
     return n_tiles * (tile_q * slab + 64 * (tile_q + slab))
 
@@ -61,10 +61,10 @@ def _tile_candidates(n: int) -> list[int]:
     return sorted({t for t in (1, 2, 3, 4, 5, 6, 7, 8, 11, 16) if t <= n} | {n})
 
 
-def choose_tile(q_grid: Grid, kv_grid: Grid, extent: Extent) -> tuple[int, int, int]:
+def choose_tile(q_grid: Grid, kv_grid: Grid, extent: Extent, wrap=NO_WRAP) -> tuple[int, int, int]:
     """The query box minimising the estimated cost (small search: a few sizes per axis)."""
     candidates = itertools.product(*(_tile_candidates(n) for n in q_grid))
-    return min(candidates, key=lambda tile: _estimated_cost(q_grid, kv_grid, extent, tile))
+    return min(candidates, key=lambda tile: _estimated_cost(q_grid, kv_grid, extent, tile, wrap))
 
 
 def _outer(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, op):
@@ -74,10 +74,10 @@ def _outer(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, op):
 
 @functools.lru_cache(maxsize=64)
 def build_plan(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
-               device: torch.device, tile: tuple[int, int, int] | None = None) -> BlockPlan:
-    tile = tile or choose_tile(q_grid, kv_grid, extent)
+               device: torch.device, tile: tuple[int, int, int] | None = None, wrap=NO_WRAP) -> BlockPlan:
+    tile = tile or choose_tile(q_grid, kv_grid, extent, wrap)
     (qs, ks, vs), (qh, kh, vh), (qw, kw, vw) = (
-        _axis_tiles(nq, nk, e, t) for nq, nk, e, t in zip(q_grid, kv_grid, extent, tile))
+        _axis_tiles(nq, nk, e, t, w) for nq, nk, e, t, w in zip(q_grid, kv_grid, extent, tile, wrap))
     (Hq, Wq), (Hk, Wk) = q_grid[1:], kv_grid[1:]
     n_q, n_k = q_grid[0] * Hq * Wq, kv_grid[0] * Hk * Wk
     # Flat raster ids per tile, [n_tiles, tile_q] and [n_tiles, slab]; invalid where any axis is -1.
@@ -114,12 +114,12 @@ def build_plan(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_glob
 
 
 def blocked_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool,
-                      k_global=None, v_global=None, tile=None) -> torch.Tensor:
+                      k_global=None, v_global=None, tile=None, wrap=NO_WRAP) -> torch.Tensor:
     """q [B,h,Nq,D], k/v [B,h,Nk,D], optional k/v_global [B,h,G,D] → [B,h,Nq,D]."""
     B, H, _, D = q.shape
     n_global = 0 if k_global is None else k_global.shape[2]
     plan = build_plan(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device,
-                      None if tile is None else tuple(tile))
+                      None if tile is None else tuple(tile), tuple(wrap))
     if n_global:
         k, v = torch.cat([k, k_global], 2), torch.cat([v, v_global], 2)  # globals after the grid keys
     q_t = q.index_select(2, plan.q_index).view(B * H, plan.n_tiles, plan.tile_q, D)

@@ -15,12 +15,12 @@ import functools
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from kernels.mask import Extent, Grid
+from kernels.mask import NO_WRAP, Extent, Grid
 
 
 @functools.lru_cache(maxsize=64)
 def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
-                     device: torch.device) -> BlockMask:
+                     device: torch.device, wrap=NO_WRAP) -> BlockMask:
     """BlockMask over [G globals, Nk grid keys] for queries in raster order."""
     (Sq, Hq, Wq), (Sk, Hk, Wk) = q_grid, kv_grid
     q = torch.arange(Sq * Hq * Wq, device=device)
@@ -28,11 +28,16 @@ def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, 
     centre = (q // (Hq * Wq) * Sk // Sq, q // Wq % Hq * Hk // Hq, q % Wq * Wk // Wq)
     radius = [n if e is None else (e - 1) // 2 for e, n in zip(extent, kv_grid)]
 
+    def within(k_axis, axis, q_idx):
+        distance = (k_axis - centre[axis][q_idx]).abs()
+        if wrap[axis]:  # the short way round
+            distance = torch.minimum(distance, kv_grid[axis] - distance)
+        return distance <= radius[axis]
+
     def mask_mod(b, h, q_idx, kv_idx):
         k = kv_idx - n_global
         k_s, k_h, k_w = k // (Hk * Wk), k // Wk % Hk, k % Wk
-        near = ((k_s - centre[0][q_idx]).abs() <= radius[0]) & ((k_h - centre[1][q_idx]).abs() <= radius[1]) \
-            & ((k_w - centre[2][q_idx]).abs() <= radius[2])
+        near = within(k_s, 0, q_idx) & within(k_h, 1, q_idx) & within(k_w, 2, q_idx)
         if causal:
             near = near & (k < q_idx)
         return (kv_idx < n_global) | ((k >= 0) & near)
@@ -46,7 +51,7 @@ def _compiled_flex():
 
 
 def flex_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool,
-                          k_global=None, v_global=None):
+                          k_global=None, v_global=None, wrap=NO_WRAP):
     """Same contract as `nearby_attention`; compiled FlexAttention on CUDA, eager elsewhere."""
     if q.is_cuda and q.shape[-1] < 16:
         raise ValueError(f"compiled FlexAttention needs a head size of at least 16, got {q.shape[-1]}; "
@@ -54,6 +59,7 @@ def flex_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, 
     n_global = 0 if k_global is None else k_global.shape[2]
     if n_global:
         k, v = torch.cat([k_global, k], 2), torch.cat([v_global, v], 2)
-    block_mask = build_block_mask(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device)
+    block_mask = build_block_mask(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, n_global, q.device,
+                                  tuple(wrap))
     attend = _compiled_flex() if q.is_cuda else flex_attention
     return attend(q, k, v, block_mask=block_mask)

@@ -31,28 +31,51 @@ def check_extent(extent, name: str = "extent") -> Extent:
     return tuple(extent)
 
 
-def axis_visibility(n_q: int, n_k: int, e: int | None, device=None) -> torch.Tensor:
-    """[n_q, n_k] bool: key c is within radius (e-1)/2 of the query's floor projection ⌊k·n_k/n_q⌋."""
+NO_WRAP = (False, False, False)
+
+
+def check_wrap(wrap, q_grid: Grid, kv_grid: Grid) -> tuple[bool, bool, bool]:
+    """wrap is three bools (time, row, column); an axis may wrap only where both grids have its length."""
+    if not isinstance(wrap, (tuple, list)) or len(wrap) != 3 or not all(isinstance(w, bool) for w in wrap):
+        raise ValueError(f"wrap must be a tuple of 3 bools (time, row, column), got {wrap!r}")
+    for axis, (w, n_q, n_k) in enumerate(zip(wrap, q_grid, kv_grid)):
+        if w and n_q != n_k:
+            raise ValueError(f"wrap on axis {axis} needs the same length in q_grid and kv_grid, got {n_q} and {n_k}")
+    return tuple(wrap)
+
+
+def axis_visibility(n_q: int, n_k: int, e: int | None, device=None, wrap: bool = False) -> torch.Tensor:
+    """[n_q, n_k] bool: key c is within radius (e-1)/2 of the query's floor projection ⌊k·n_k/n_q⌋,
+    measured the short way round the axis when it wraps."""
     q = torch.arange(n_q, device=device)
     c = torch.arange(n_k, device=device)
     if e is None:
         return torch.ones(n_q, n_k, dtype=torch.bool, device=device)
     centre = q * n_k // n_q  # integer floor projection onto the key axis
-    return (c[None, :] - centre[:, None]).abs() <= (e - 1) // 2
+    distance = (c[None, :] - centre[:, None]).abs()
+    if wrap:
+        distance = torch.minimum(distance, n_k - distance)
+    return distance <= (e - 1) // 2
 
 
-def nearby_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool) -> torch.Tensor:
+def nearby_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, wrap=NO_WRAP) -> torch.Tensor:
     """[Nq, Nk] bool, True = query may attend to key (DESIGN.md, "3D nearby attention").
 
     Grids are flattened in raster order (time, row, column). The window is cut at the grid
     border (no shifting inward). `causal` keeps only keys whose raster index is strictly
     smaller than the query's, so it needs q_grid == kv_grid.
+
+    `wrap` (an extension of the paper's definition, off by default) continues the window past the
+    border on the other side along the axes it marks: for frames whose content wraps around, where
+    what leaves on the right comes back on the left (the demo's shapes), as circular padding does
+    for the VQ-GAN. Causality stays raster order.
     """
     q_grid, kv_grid = check_grid(q_grid, "q_grid"), check_grid(kv_grid, "kv_grid")
     extent = check_extent(extent)
+    wrap = check_wrap(wrap, q_grid, kv_grid)
     if causal and q_grid != kv_grid:
         raise ValueError(f"causal attention needs q_grid == kv_grid, got {q_grid} and {kv_grid}")
-    s, h, w = (axis_visibility(nq, nk, e) for nq, nk, e in zip(q_grid, kv_grid, extent))
+    s, h, w = (axis_visibility(nq, nk, e, wrap=r) for nq, nk, e, r in zip(q_grid, kv_grid, extent, wrap))
     # Separable window: [Sq,Sk] x [Hq,Hk] x [Wq,Wk] → [Sq,Hq,Wq, Sk,Hk,Wk].
     mask = (s[:, None, None, :, None, None] & h[None, :, None, None, :, None] & w[None, None, :, None, None, :])
     mask = mask.reshape(q_grid[0] * q_grid[1] * q_grid[2], kv_grid[0] * kv_grid[1] * kv_grid[2])

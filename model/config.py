@@ -50,6 +50,12 @@ class NuwaConfig:
     frequencies split between time, row and column): an offset in the window ("one frame back, one
     column left", which is how an object moves) is then one learned direction of the query instead of a
     pattern over every pair of absolute positions. Off in the paper presets: NÜWA adds the tables only."""
+    spatial_wrap: bool = False
+    """Frames are tori: the decoder's image/video windows continue past the row and column borders on the
+    other side (kernels/mask.py), and rotary row/column frequencies are whole turns per frame, so that the
+    last row is one row before the first. For data whose content wraps around (the demo's shapes leave on
+    one side and come back on the other): without it, what comes back in is outside every window and must
+    be guessed. Off in the paper presets (real frames do not wrap)."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass: trades ~30% more compute for activation memory."""
     attention_backend: Optional[str] = None

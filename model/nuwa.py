@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kernels import nearby_attention
+from kernels.mask import NO_WRAP
 from model.config import NuwaConfig
 
 try:  # apex's fused kernel when installed (it falls back to F.layer_norm on CPU tensors itself)
@@ -26,14 +27,17 @@ ROTARY_BASE = 100.0
 10,000 of text models would leave most frequencies barely turning."""
 
 
-def rotary_angles(grid: tuple[int, int, int], head_dim: int, device=None) -> torch.Tensor:
+def rotary_angles(grid: tuple[int, int, int], head_dim: int, device=None, wrap=NO_WRAP) -> torch.Tensor:
     """[S·H·W, head_dim/2] angles of 3D rotary encoding: the frequency pairs are split between the
-    time, row and column axes, each rotating by its own coordinate."""
+    time, row and column axes, each rotating by its own coordinate. On a wrapped axis of length n the
+    frequencies are 1, 2, … whole turns per n positions, so offsets are the same modulo n (the last
+    position is one before the first)."""
     pairs = head_dim // 2
     split = (pairs // 3, pairs // 3, pairs - 2 * (pairs // 3))  # (time, row, col)
     axes = torch.meshgrid(*(torch.arange(n, device=device, dtype=torch.float32) for n in grid), indexing="ij")
-    return torch.cat([axis.reshape(-1, 1) * ROTARY_BASE ** (-torch.arange(n, device=device) / n)
-                      for axis, n in zip(axes, split)], dim=1)
+    frequencies = [2 * math.pi * torch.arange(1, p + 1, device=device) / n if w
+                   else ROTARY_BASE ** (-torch.arange(p, device=device) / p) for p, n, w in zip(split, grid, wrap)]
+    return torch.cat([axis.reshape(-1, 1) * f for axis, f in zip(axes, frequencies)], dim=1)
 
 
 def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -68,7 +72,8 @@ class NearbyAttention(nn.Module):
         B, N, C = x.shape
         return x.view(B, N, self.heads, C // self.heads).transpose(1, 2)  # (B, h, N, hd)
 
-    def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False, key_mask=None, angles=None):
+    def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False, key_mask=None, angles=None,
+                wrap=NO_WRAP):
         B, N, C = x.shape
         q = self.split_heads(self.query(x))
         k, v = self.key_value(x if context is None else context).chunk(2, dim=-1)
@@ -81,7 +86,7 @@ class NearbyAttention(nn.Module):
         if angles is not None:  # query t and key u now both sit at their token's location
             q, k = rotate(q, angles), rotate(k, angles)
         y = nearby_attention(q, k, v, q_grid, kv_grid or q_grid, extent, causal=causal, backend=self.backend,
-                             k_global=k_global, v_global=v_global, key_mask=key_mask)
+                             k_global=k_global, v_global=v_global, key_mask=key_mask, wrap=wrap)
         y = y.transpose(1, 2).reshape(B, N, C)
         return self.dropout(self.proj(y))
 
@@ -128,8 +133,8 @@ class DecoderBlock(nn.Module):
         self.norm_mlp = LayerNorm(config.width)
         self.mlp = MLP(config)
 
-    def forward(self, x, grid, extent, condition, condition_grid, condition_extent, condition_keys, angles):
-        x = x + self.self_attn(self.norm_self(x), grid, extent, causal=True, angles=angles)
+    def forward(self, x, grid, extent, condition, condition_grid, condition_extent, condition_keys, angles, wrap):
+        x = x + self.self_attn(self.norm_self(x), grid, extent, causal=True, angles=angles, wrap=wrap)
         x = x + self.cross_attn(self.norm_cross(x), grid, condition_extent, context=condition, kv_grid=condition_grid,
                                 key_mask=condition_keys)
         return x + self.mlp(self.norm_mlp(x))
@@ -181,6 +186,10 @@ class Nuwa(nn.Module):
         """Images (S = 1) use the image window, videos the video window."""
         return self.config.image_extent if grid[0] == 1 else self.config.video_extent
 
+    def wrap(self) -> tuple[bool, bool, bool]:
+        """Which axes of an image/video grid the decoder's windows wrap around (config.spatial_wrap)."""
+        return (False, True, True) if self.config.spatial_wrap else NO_WRAP
+
     def _run(self, block, *args):
         if self.config.activation_checkpointing and self.training:
             return checkpoint(block, *args, use_reentrant=False)
@@ -220,7 +229,7 @@ class Nuwa(nn.Module):
         """The decoder self-attention's rotary angles for this grid, None without config.rotary."""
         if not self.config.rotary:
             return None
-        return rotary_angles(grid, self.config.width // self.config.heads, self.bos.device)
+        return rotary_angles(grid, self.config.width // self.config.heads, self.bos.device, self.wrap())
 
     def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, N] → slots [<bos>, y_0 … y_{N-2}] embedded, [B, N, d]."""
@@ -240,7 +249,7 @@ class Nuwa(nn.Module):
         angles = self.rotary_angles(grid)
         for block in self.decoder:
             x = self._run(block, x, grid, extent, condition, condition_grid, self.config.text_extent, condition_keys,
-                          angles)
+                          angles, self.wrap())
         return self.head(self.decoder_norm(x))
 
     def check_grid(self, grid):

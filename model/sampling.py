@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.blocked import build_plan
+from kernels.mask import NO_WRAP
 from model.nuwa import Nuwa, rotate
 
 
@@ -47,9 +48,9 @@ def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _windows(q_grid, kv_grid, extent, causal, device):
+def _windows(q_grid, kv_grid, extent, causal, device, wrap=NO_WRAP):
     """Per query, the key indices of its window ([N, W] long) and which slots are real ([N, W] bool)."""
-    plan = build_plan(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, 0, device, (1, 1, 1))
+    plan = build_plan(tuple(q_grid), tuple(kv_grid), tuple(extent), causal, 0, device, (1, 1, 1), wrap)
     n = q_grid[0] * q_grid[1] * q_grid[2]
     return plan.kv_index.view(n, plan.tile_k), plan.mask.view(n, plan.tile_k)
 
@@ -69,7 +70,7 @@ class DecoderCache:
             k, v = block.cross_attn.key_value(condition).chunk(2, dim=-1)
             self.condition_kv.append((block.cross_attn.split_heads(k), block.cross_attn.split_heads(v)))
         condition_grid = (1, 1, condition.shape[1])
-        self.self_window = _windows(grid, grid, model.extent_for(grid), True, device)
+        self.self_window = _windows(grid, grid, model.extent_for(grid), True, device, model.wrap())
         cross_index, cross_mask = _windows(grid, condition_grid, model.config.text_extent, False, device)
         self.cross_index, self.cross_visible = cross_index, cross_mask & condition_keys[:, cross_index]  # (B, n, W)
         self.angles = model.rotary_angles(grid)  # (n, hd/2) or None

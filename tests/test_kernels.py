@@ -67,11 +67,25 @@ def test_causal_is_raster_order_and_strict():
     assert not m.diagonal().any()
 
 
+def test_wrap_continues_the_window_on_the_other_side():
+    m = nearby_mask((1, 4, 4), (1, 4, 4), (1, 3, 3), causal=False, wrap=(False, True, True))
+    assert visible(m, 0) == {r * 4 + c for r in (3, 0, 1) for c in (3, 0, 1)}  # corner: a full 3×3 round the torus
+    assert (m.sum(1) == 9).all()
+    m = nearby_mask((1, 4, 4), (1, 4, 4), (1, 3, 3), causal=False, wrap=(False, False, True))
+    assert visible(m, 0) == {0, 1, 3, 4, 5, 7}                                  # columns wrap, rows are cut
+    m = nearby_mask((2, 4, 4), (2, 4, 4), (3, 3, 3), causal=True, wrap=(False, True, True))
+    assert visible(m, 16) == {r * 4 + c for r in (3, 0, 1) for c in (3, 0, 1)}  # frame 1 sees frame 0's last row
+    assert visible(m, 5) == {0, 1, 2, 4}                                        # causality stays raster order
+    assert nearby_mask((1, 4, 4), (1, 4, 4), (1, 5, 5), causal=False, wrap=(False, True, True)).all()
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(q_grid=(1, 0, 3)), "q_grid"), (dict(q_grid=(1, 3)), "q_grid"), (dict(kv_grid=(1, -3, 3)), "kv_grid"),
     (dict(kv_grid=(1, 3, 3.0)), "kv_grid"), (dict(extent=(1, 2, 3)), "extent"), (dict(extent=(1, 3, 0)), "extent"),
     (dict(extent=(3, 3)), "extent"), (dict(extent=(3, 3, -1)), "extent"),
     (dict(kv_grid=(1, 2, 2), causal=True), "causal"),
+    (dict(wrap=(False, True)), "wrap"), (dict(wrap=(0, 1, 1)), "wrap"),
+    (dict(kv_grid=(1, 3, 4), wrap=(False, False, True)), "wrap on axis 2"),
 ])
 def test_mask_rejects_bad_arguments(bad, match):
     args = dict(q_grid=(1, 3, 3), kv_grid=(1, 3, 3), extent=(1, 3, 3), causal=False) | bad
@@ -88,12 +102,13 @@ def _inputs(q_grid, kv_grid, heads=2, dim=8, globals_=1, seed=0):
     return [t if t is None else t.requires_grad_() for t in (q, k, v, *g)]
 
 
-def _run(backend, tensors, q_grid, kv_grid, extent, causal, **kw):
+def _run(backend, tensors, q_grid, kv_grid, extent, causal, wrap=(False, False, False), **kw):
     q, k, v, kg, vg = tensors
     if backend == "blocked-tile":
-        out = blocked_attention(q, k, v, q_grid, kv_grid, extent, causal, kg, vg, **kw)
+        out = blocked_attention(q, k, v, q_grid, kv_grid, extent, causal, kg, vg, wrap=wrap, **kw)
     else:
-        out = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend=backend, k_global=kg, v_global=vg)
+        out = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend=backend, k_global=kg, v_global=vg,
+                               wrap=wrap)
     weights = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
     inputs = [t for t in tensors if t is not None]
     grads = torch.autograd.grad((out * weights).sum(), inputs)
@@ -133,6 +148,29 @@ def test_blocked_any_tile_shape_equals_reference(tile):
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+WRAP_CASES = [  # q_grid, kv_grid, extent, causal, number of global keys, wrap
+    ((4, 7, 9), (4, 7, 9), (3, 3, 3), True, 1, (False, True, True)),   # wrapped video decoder self-attention
+    ((1, 5, 6), (1, 5, 6), (1, 3, 5), True, 1, (False, True, True)),
+    ((3, 5, 7), (3, 5, 7), (3, 5, 3), False, 0, (True, False, True)),
+    ((5, 6, 7), (1, 6, 7), (3, 3, 3), False, 0, (False, True, True)),   # video → image, rows and columns wrap
+]
+
+
+@pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global, wrap", WRAP_CASES)
+def test_wrapped_windows_blocked_and_flex_equal_reference(q_grid, kv_grid, extent, causal, n_global, wrap):
+    tensors = _inputs(q_grid, kv_grid, globals_=n_global)
+    ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, extent, causal, wrap)
+    out, grads = _run("blocked", tensors, q_grid, kv_grid, extent, causal, wrap)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    q, k, v, kg, vg = (t if t is None else t.detach() for t in tensors)
+    flex = nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, backend="flex", k_global=kg, v_global=vg,
+                            wrap=wrap)
+    torch.testing.assert_close(flex, ref_out.detach(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ref_out, _run("reference", tensors, q_grid, kv_grid, extent, causal)[0])
 
 
 @pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global", CASES)

@@ -78,16 +78,18 @@ def _slots_reaching_logit(model, text, codes, t):
     return set(captured["x"].grad[0].abs().sum(-1).nonzero().flatten().tolist())
 
 
-@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("rotary, spatial_wrap", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("frames", [1, 3])
-def test_window_is_centred_on_the_predicted_token(frames, rotary):
-    model = tiny(decoder_layers=1, rotary=rotary)
+def test_window_is_centred_on_the_predicted_token(frames, rotary, spatial_wrap):
+    model = tiny(decoder_layers=1, rotary=rotary, spatial_wrap=spatial_wrap)
     text, codes = batch(model, frames)
     grid = (frames, model.config.grid_height, model.config.grid_width)
-    mask = nearby_mask(grid, grid, model.extent_for(grid), causal=True)
-    for t in (0, 1, 13, 2 * 6 + 3, codes[0].numel() - 1):
+    mask = nearby_mask(grid, grid, model.extent_for(grid), causal=True, wrap=model.wrap())
+    for t in (0, 1, 5, 13, 2 * 6 + 3, codes[0].numel() - 1):
         expected = {0, t} | {u + 1 for u in mask[t].nonzero().flatten().tolist()}  # <bos>, own slot, window keys
         assert _slots_reaching_logit(model, text, codes, t) == expected
+    if spatial_wrap and frames == 3:  # frame 1, row 0, column 5 sees frame 0's last row and column 0
+        assert {4 * 6 + 5 + 1, 4 * 6 + 0 + 1, 30 + 0 + 1} <= _slots_reaching_logit(model, text, codes, 30 + 5)
 
 
 def test_extents_come_from_config():
@@ -105,14 +107,14 @@ VARIANTS = {  # the models compared with the dense reference on each device
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
-@pytest.mark.parametrize("rotary", [False, True])
-def test_backends_agree_and_checkpointing_keeps_gradients(rotary, device):
+@pytest.mark.parametrize("rotary, spatial_wrap", [(False, False), (True, False), (True, True)])
+def test_backends_agree_and_checkpointing_keeps_gradients(rotary, spatial_wrap, device):
     """Loss and gradients of every backend (and of checkpointed blocks) equal the dense reference's;
     on the GPU a bf16 autocast step also stays near the fp32 loss."""
     text, codes = (t.to(device) for t in batch(tiny(), 3))
     results = []
     for overrides in (dict(attention_backend="reference"), *VARIANTS[device]):
-        model = tiny(rotary=rotary, **overrides).to(device).train()
+        model = tiny(rotary=rotary, spatial_wrap=spatial_wrap, **overrides).to(device).train()
         _, loss = model(text, codes)
         loss.backward()
         results.append((loss.detach(), model.decoder[0].self_attn.query.weight.grad.clone()))
@@ -140,6 +142,23 @@ def test_rotary_scores_depend_on_the_offset_only():
     torch.testing.assert_close(rotate(a.expand(1, 1, 60, head_dim), angles).norm(dim=-1), a.norm().expand(1, 1, 60))
     with pytest.raises(ValueError, match="even head size"):
         NuwaConfig.from_preset("tiny", width=12, heads=4, rotary=True)
+
+
+def test_wrapped_rotary_offsets_go_round_the_frame():
+    """On wrapped rows and columns, the last row is one before the first: query at row 0, key at the last
+    row scores as query at row 1, key at row 0. Time does not wrap, and without wrap neither do rows."""
+    grid, head_dim = (3, 4, 5), 16
+    a, b = torch.randn(2, 1, 1, 1, head_dim).unbind(0)
+
+    def score(angles, query_at, key_at):
+        index = [s * 20 + h * 5 + w for s, h, w in (query_at, key_at)]
+        return (rotate(a, angles[index[0]: index[0] + 1]) * rotate(b, angles[index[1]: index[1] + 1])).sum()
+
+    wrapped = rotary_angles(grid, head_dim, wrap=(False, True, True))
+    torch.testing.assert_close(score(wrapped, (1, 0, 0), (0, 3, 4)), score(wrapped, (1, 1, 1), (0, 0, 0)))
+    assert not torch.allclose(score(wrapped, (2, 0, 0), (0, 0, 0)), score(wrapped, (0, 0, 0), (1, 0, 0)))
+    plain = rotary_angles(grid, head_dim)
+    assert not torch.allclose(score(plain, (1, 0, 0), (0, 3, 4)), score(plain, (1, 1, 1), (0, 0, 0)))
 
 
 def test_tiny_model_learns_a_fixed_batch():

@@ -9,12 +9,14 @@ from model.nuwa import Nuwa
 from model.sampling import SamplingConfig, generate, sample_logits
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["absolute", "rotary"])
+@pytest.fixture(scope="module", params=[(False, False), (True, False), (True, True)],
+                ids=["absolute", "rotary", "rotary-wrapped"])
 def model(request):
     torch.manual_seed(0)
+    rotary, spatial_wrap = request.param
     config = NuwaConfig.from_preset("tiny", text_vocab_size=64, codebook_size=32, frames=3, grid_height=4,
                                     grid_width=5, width=32, heads=2, encoder_layers=1, decoder_layers=2,
-                                    rotary=request.param)
+                                    rotary=rotary, spatial_wrap=spatial_wrap)
     return Nuwa(config).eval()
 
 
