@@ -139,14 +139,10 @@ class Demo:
         # 0.50). 8 heads, not the preset's 4, at the same width: following a motion takes one head per
         # window offset; with 4 the direction word was never read (swapping it raised the held-out loss of
         # frame 1 by 0.006 nats per code, with 8 by 0.035, T2I colour 38% → 54% of 100 held-out captions)
-        # for ~15% longer steps. The demo's frames wrap (a shape leaving on the right comes back on the left),
-        # so the decoder's windows wrap too (model.spatial_wrap): with windows cut at the border, the part of a
-        # shape coming back in was outside every window and had to be guessed, and under the "None" text of
-        # V2V the guesses were shapes of any colour.
+        # for ~15% longer steps.
         config = {
             "model": {"preset": "tiny", "text_vocab_size": CaptionTokenizer(self.tokenizer).vocab_size,
                       "codebook_size": vqgan.config.codebook_size, "frames": 10, "rotary": True, "heads": 8,
-                      "spatial_wrap": True,
                       "grid_height": vqgan.config.grid[0], "grid_width": vqgan.config.grid[1]},
             "data": {"image_shards": str(self.codes / "images-train"), "video_shards": str(self.codes / "videos-train"),
                      "tokenizer": str(self.tokenizer), "micro_batch": {"t2i": 16, "v2v": 4, "t2v": 4},
