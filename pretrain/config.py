@@ -41,6 +41,12 @@ class DataConfig:
     caption_dropout: float = 0.0
     """Fraction of T2I/T2V samples trained under the "None" text instead of their caption, so that
     sampling can use classifier-free guidance (V2V already trains videos under "None")."""
+    roll_videos: bool = False
+    """Roll every V2V/T2V clip by a random whole number of codes along rows and columns, wrapping round.
+    Only for data whose frames are tori (the demo's shapes leave on one side and come back on the other):
+    with a circular-padded VQ-GAN the rolled codes are exactly the codes of the rolled clip, so each clip
+    stands for H×W clips and the model must learn the motion instead of memorising where each clip's shape
+    is. Real footage does not wrap (a roll would cut it at a seam): leave it off there."""
     frames: dict[str, int] = field(default_factory=dict)
     """Train a video task on the first N frames of every clip, e.g. {"t2v": 3} (absent: all of them):
     a short clip costs a fraction of a whole one, so a step holds more clips of the same budget."""

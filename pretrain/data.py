@@ -7,7 +7,8 @@ e = p // n, with a permutation seeded by (seed, task, epoch); micro-step m of th
 step. Both are pure functions of the config and the counts, identical on every rank, so a
 resume — on any number of ranks — continues the same global sequence: each micro-step takes
 the next world_size × micro_batch positions, rank r the r-th slice of them. Caption dropout
-(which T2I/T2V positions train under the "None" text) is a function of the position too.
+(which T2I/T2V positions train under the "None" text) and the roll of a video clip
+(`roll_videos`) are functions of the position too.
 """
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def caption_dropped(seed: int, task: str, positions: range, rate: float) -> torc
                         dtype=torch.bool)
 
 
+def roll_shifts(seed: int, task: str, positions: range, grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """(rows, columns) to roll the clip at each global position by (`DataConfig.roll_videos`)."""
+    # The trailing 2 keeps these streams apart from caption dropout's [seed, task, position, 1].
+    rngs = (np.random.default_rng([seed, TASK_IDS[task], p, 2]) for p in positions)
+    return [(int(rng.integers(grid[0])), int(rng.integers(grid[1]))) for rng in rngs]
+
+
 class GlobalOrderSampler:
     """Yields this rank's index batches from global position `start` on, forever.
 
@@ -127,6 +135,10 @@ class MultiTaskData:
         if task != "v2v" and self.config.caption_dropout > 0:
             drop = caption_dropped(self.seed, task, range(first, first + micro_batch), self.config.caption_dropout)
             batch["text"][drop] = self._none_text[task]
+        if TASK_MODALITY[task] == "video" and self.config.roll_videos:
+            codes = batch["codes"]  # [B, S, H, W]
+            shifts = roll_shifts(self.seed, task, range(first, first + micro_batch), codes.shape[-2:])
+            batch["codes"] = torch.stack([torch.roll(c, s, dims=(-2, -1)) for c, s in zip(codes, shifts)])
         return batch
 
 

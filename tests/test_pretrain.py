@@ -17,7 +17,7 @@ from conftest import tiny_model_overrides
 from pretrain import checkpoint
 from pretrain.config import load_config
 from pretrain.data import (TASK_MODALITY, GlobalOrderSampler, MultiTaskData, StreamState, TaskDataset,
-                           caption_dropped, open_shards, task_at)
+                           caption_dropped, open_shards, roll_shifts, task_at)
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
 from pretrain.trainer import free_port
@@ -159,6 +159,35 @@ def test_caption_dropout_follows_the_global_position(code_shards, tmp_path):
     assert (texts("v2v", 1, 0, 4) == none).all()
     with pytest.raises(ValueError, match="caption_dropout"):
         load_config(write_config(tmp_path, code_shards), ["--data.caption_dropout", "1.0"])
+
+
+def test_video_rolls_follow_the_global_position(code_shards, tmp_path):
+    """roll_videos rolls each clip by the shift of its global position (the same on 1 or 2 ranks and after a
+    resume) and leaves images alone."""
+    shifts = roll_shifts(3, "t2v", range(2000), (4, 5))
+    assert {s for s in shifts} == {(r, c) for r in range(4) for c in range(5)}  # every roll of a 4x5 grid
+    assert shifts != roll_shifts(3, "v2v", range(2000), (4, 5)) and shifts[100:110] == roll_shifts(3, "t2v", range(100, 110), (4, 5))
+    tokenizer = CaptionTokenizer(code_shards["tokenizer"])
+    tasks = {"t2i", "t2v", "v2v"}
+
+    def codes(task, world_size, start, micro_steps, roll=True):
+        config = load_config(write_config(tmp_path, code_shards), ["--data.num_workers", "0",
+                                                                  "--data.roll_videos", str(roll).lower()])
+        shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
+        datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, tokenizer.encode_none()[0]) for t in tasks}
+        ranks = [MultiTaskData(datasets, config.data, 3, StreamState({**StreamState().consumed, task: start}), r,
+                               world_size) for r in range(world_size)]
+        return torch.cat([data.next_batch(task)["codes"] for _ in range(micro_steps) for data in ranks])
+
+    for task in ("t2v", "v2v"):
+        plain, rolled = codes(task, 1, 0, 6, roll=False), codes(task, 1, 0, 6)
+        expected = [torch.roll(c, s, dims=(-2, -1)) for c, s in zip(plain, roll_shifts(3, task, range(len(plain)),
+                                                                                       plain.shape[-2:]))]
+        assert torch.equal(rolled, torch.stack(expected)) and not torch.equal(rolled, plain)
+        assert torch.equal(codes(task, 2, 0, 3), rolled)
+        resumed = codes(task, 1, 4, 2)  # a run resumed at position 4
+        assert torch.equal(resumed, rolled[4: 4 + len(resumed)])
+    assert torch.equal(codes("t2i", 1, 0, 2), codes("t2i", 1, 0, 2, roll=False))
 
 
 def test_task_sequence_follows_weights_and_schedule(code_shards, tmp_path):
