@@ -21,7 +21,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Learning check" in report
     for task in ("t2i", "t2v", "v2v"):
-        assert re.search(rf"^\| {task} \| 4 \| \d+% \| \d+% \| 20% \|", report, re.M), task
+        assert re.search(rf"^\| {task} \| 4 \| \d+% \(p = [\d.e+-]+\) \| \d+% \| 20% \|", report, re.M), task
     linked = re.findall(r"\]\((samples/[^)]+)\)", report)
     assert len(linked) == 12
     for name in linked:

@@ -1,11 +1,11 @@
 """The demo's pixel analysis reads colour and motion correctly from the demo's own rendered media."""
 import numpy as np
-
+import pytest
 import torch
 
 from model.vqgan import VQGAN, VQGANConfig
-from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, match_rate, motion_direction, object_colour,
-                                  palette_through, wrapped_centroid)
+from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, chance_p_value, match_rate, motion_direction,
+                                  object_colour, palette_through, wrapped_centroid)
 from tools.make_demo_data import DemoDataConfig, ShapeSpec, caption, random_spec, render_frame, render_video
 
 
@@ -73,3 +73,10 @@ class PlainFramesDrawnBlack:
 def test_background_colours_are_read_from_frames_with_a_shape():
     drawn = palette_through(PlainFramesDrawnBlack())
     np.testing.assert_allclose(drawn, PALETTE, atol=0.5)  # gray stays gray, every colour as drawn
+
+
+def test_chance_p_value_is_the_binomial_tail():
+    assert chance_p_value(0, 7, 0.2) == pytest.approx(1.0)
+    assert chance_p_value(3, 3, 0.2) == pytest.approx(0.2 ** 3)
+    assert chance_p_value(2, 3, 0.5) == pytest.approx(0.5)  # 3 of the 8 outcomes have 2 heads, 1 has 3
+    assert chance_p_value(25, 60, 0.25) == pytest.approx(0.003423, rel=1e-3)  # scipy.stats.binom.sf(24, 60, 0.25)

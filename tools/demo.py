@@ -1,6 +1,6 @@
 """The whole pipeline on an embedded synthetic dataset, in one command, on a laptop CPU.
 
-    python tools/demo.py                 # → demo_out/report.md (about 14 minutes on 2 cores)
+    python tools/demo.py                 # → demo_out/report.md (about 11 minutes on 2 cores)
     python tools/demo.py --size ci       # the same stages at test size (a few minutes)
     python tools/demo.py --fresh         # start over instead of reusing finished stages
 
@@ -32,8 +32,8 @@ from model.vqgan import VQGAN
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
 from pretrain.trainer import free_port
-from tools.learning_check import (PALETTE_NAMES, caption_words, match_rate, motion_direction, object_colour,
-                                  palette_through)
+from tools.learning_check import (PALETTE_NAMES, caption_words, chance_p_value, match_rate, motion_direction,
+                                  object_colour, palette_through)
 from tools.make_demo_data import COLOURS, DIRECTIONS
 from tools.sample import none_text, save_image_grid, save_video, to_uint8
 
@@ -249,16 +249,21 @@ class Demo:
             "(frame-to-frame centroid shifts over the generated frames, summed the short way round the wrapped "
             "frame) read from the pixels and compared with the caption. "
             "\"VQ-GAN ceiling\" applies the same analysis to the held-out inputs' own codes decoded by the VQ-GAN: "
-            "what a perfect generator could score through this tokenizer. Pixels are read against the palette "
+            "what a perfect generator could score through this tokenizer. p is the one-sided binomial probability "
+            "of at least that many matches at the chance rate. Pixels are read against the palette "
             "as the VQ-GAN draws it: " + ", ".join(f"{name} {tuple(int(round(c)) for c in rgb)}"
                                                     for name, rgb in zip(PALETTE_NAMES, palette)) + ".", "",
             "| task | samples | colour matches | VQ-GAN ceiling | chance | direction matches | VQ-GAN ceiling | chance |",
             "|---|---|---|---|---|---|---|---|"]
+        def matches(rate: float, n: int, chance: float) -> str:
+            p = chance_p_value(round(rate * n), n, chance)
+            return f"{rate:.0%} (p = {p:.1g})"
+
         for task, c in checks.items():
-            direction = (f"{c['direction']:.0%} | {c['direction_truth']:.0%} | {direction_chance:.0%}"
-                         if "direction" in c else "– | – | –")
-            lines.append(f"| {task} | {c['n']} | {c['colour']:.0%} | {c['colour_truth']:.0%} | {colour_chance:.0%} | "
-                         f"{direction} |")
+            direction = (f"{matches(c['direction'], c['n'], direction_chance)} | {c['direction_truth']:.0%} | "
+                         f"{direction_chance:.0%}" if "direction" in c else "– | – | –")
+            colour = matches(c["colour"], c["n"], colour_chance)
+            lines.append(f"| {task} | {c['n']} | {colour} | {c['colour_truth']:.0%} | {colour_chance:.0%} | {direction} |")
         lines += ["", f"Sampling and analysis took {seconds:.0f}s.", "", "## Samples", "",
                   "| task | caption | sample | colour read |", "|---|---|---|---|", *rows, ""]
         return "\n".join(lines)

@@ -10,6 +10,8 @@ as the VQ-GAN draws it (`palette_through`), since every pixel they have is the V
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -117,3 +119,8 @@ def caption_words(caption: str) -> dict[str, str | None]:
 
 def match_rate(predicted: list[str | None], expected: list[str | None]) -> float:
     return float(np.mean([p is not None and p == e for p, e in zip(predicted, expected)])) if expected else 0.0
+
+
+def chance_p_value(matches: int, n: int, chance: float) -> float:
+    """One-sided binomial tail: the probability of at least `matches` of `n` at the chance rate."""
+    return sum(math.comb(n, k) * chance ** k * (1 - chance) ** (n - k) for k in range(matches, n + 1))
