@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from tools.demo import SIZES, Demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,14 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     assert "finished in" not in "".join(l for l in second.stdout.splitlines(True) if "[demo] pretrain" in l)
     assert second.stdout.count("done before") == 9  # data, tokenizer, vqgan, 4× tokenize, pretrain, convert
+
+
+def test_a_stage_config_that_changed_since_the_last_run_is_refused(tmp_path):
+    """Finished stages are reused by their outputs, so a config that differs from the one that made them stops the
+    demo (it would otherwise report on the old model) instead of being silently ignored."""
+    demo = Demo(tmp_path, SIZES["ci"])
+    path = demo.write_yaml("pretrain.yaml", {"optim": {"lr": 2e-3}})
+    assert demo.write_yaml("pretrain.yaml", {"optim": {"lr": 2e-3}}) == path  # the same config: reused
+    with pytest.raises(SystemExit, match="--fresh"):
+        demo.write_yaml("pretrain.yaml", {"optim": {"lr": 3e-3}})
+    assert "0.002" in path.read_text()

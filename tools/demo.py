@@ -177,9 +177,15 @@ class Demo:
                                  self.model], self.model / "config.json")
 
     def write_yaml(self, name: str, config: dict) -> Path:
+        """Write a stage's config; refuse one that differs from what an earlier run wrote, since that
+        run's finished stages would be reused although this version of the demo configures them differently."""
         path = self.out / "configs" / name
+        text = yaml.safe_dump(config, sort_keys=False)
+        if path.exists() and path.read_text() != text:
+            raise SystemExit(f"[demo] {path} was written by a run with a different {name} (an older version of the "
+                             f"demo?); its outputs would be reused as they are: start over with --fresh")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.write_text(text)
         return path
 
     def report(self) -> Path:
