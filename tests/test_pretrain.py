@@ -131,6 +131,18 @@ def test_data_order_is_global_across_world_sizes():
     assert len(set(single[:6])) == 6 and single[6:16] != single[:10]  # epoch 0's tail; a reshuffled epoch
 
 
+def taken(config, task, field, world_size, start, micro_steps):
+    """`field` of the batches that `world_size` ranks, resumed at global position `start` of `task`, take in
+    `micro_steps` micro-steps (rank 0's, then rank 1's, … for each micro-step), with seed 3."""
+    tokenizer = CaptionTokenizer(config.data.tokenizer)
+    tasks = {"t2i", "t2v", "v2v"}
+    shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
+    datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, tokenizer.encode_none()[0]) for t in tasks}
+    ranks = [MultiTaskData(datasets, config.data, 3, StreamState({**StreamState().consumed, task: start}), r,
+                           world_size) for r in range(world_size)]
+    return torch.cat([data.next_batch(task)[field] for _ in range(micro_steps) for data in ranks])
+
+
 def test_caption_dropout_follows_the_global_position(code_shards, tmp_path):
     """The same positions lose their caption on 1 or 2 ranks and after a resume; V2V is untouched."""
     drops = caption_dropped(3, "t2i", range(4000), 0.25)
@@ -138,25 +150,15 @@ def test_caption_dropout_follows_the_global_position(code_shards, tmp_path):
     torch.testing.assert_close(caption_dropped(3, "t2i", range(100, 110), 0.25), drops[100:110])
     config = load_config(write_config(tmp_path, code_shards), ["--data.caption_dropout", "0.5",
                                                               "--data.num_workers", "0"])
-    tokenizer = CaptionTokenizer(config.data.tokenizer)
-    none = torch.from_numpy(tokenizer.encode_none()[0].astype(np.int64))
-    tasks = {"t2i", "t2v", "v2v"}
-    shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
-    datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, tokenizer.encode_none()[0]) for t in tasks}
-
-    def texts(task, world_size, start, micro_steps):
-        ranks = [MultiTaskData(datasets, config.data, 3, StreamState({**StreamState().consumed, task: start}), r,
-                               world_size) for r in range(world_size)]
-        return torch.cat([data.next_batch(task)["text"] for _ in range(micro_steps) for data in ranks])
-
+    none = torch.from_numpy(CaptionTokenizer(config.data.tokenizer).encode_none()[0].astype(np.int64))
     for task in ("t2i", "t2v"):
-        one = texts(task, 1, 0, 6)
+        one = taken(config, task, "text", 1, 0, 6)
         is_none = (one == none).all(1)
         assert torch.equal(is_none, caption_dropped(3, task, range(len(one)), 0.5)) and 0 < is_none.sum() < len(one)
-        torch.testing.assert_close(texts(task, 2, 0, 3), one)
-        resumed = texts(task, 1, 8, 2)  # a run resumed at position 8
+        torch.testing.assert_close(taken(config, task, "text", 2, 0, 3), one)
+        resumed = taken(config, task, "text", 1, 8, 2)  # a run resumed at position 8
         torch.testing.assert_close(resumed, one[8: 8 + len(resumed)])
-    assert (texts("v2v", 1, 0, 4) == none).all()
+    assert (taken(config, "v2v", "text", 1, 0, 4) == none).all()
     with pytest.raises(ValueError, match="caption_dropout"):
         load_config(write_config(tmp_path, code_shards), ["--data.caption_dropout", "1.0"])
 
@@ -168,27 +170,18 @@ def test_video_rolls_follow_the_global_position(code_shards, tmp_path):
     assert {s for s in shifts} == {(r, c) for r in range(4) for c in range(5)}  # every roll of a 4x5 grid
     assert shifts != roll_shifts(3, "v2v", range(2000), (4, 5))
     assert shifts[100:110] == roll_shifts(3, "t2v", range(100, 110), (4, 5))
-    tokenizer = CaptionTokenizer(code_shards["tokenizer"])
-    tasks = {"t2i", "t2v", "v2v"}
-
-    def codes(task, world_size, start, micro_steps, roll=True):
-        config = load_config(write_config(tmp_path, code_shards), ["--data.num_workers", "0",
-                                                                  "--data.roll_videos", str(roll).lower()])
-        shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
-        datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, tokenizer.encode_none()[0]) for t in tasks}
-        ranks = [MultiTaskData(datasets, config.data, 3, StreamState({**StreamState().consumed, task: start}), r,
-                               world_size) for r in range(world_size)]
-        return torch.cat([data.next_batch(task)["codes"] for _ in range(micro_steps) for data in ranks])
-
+    plain, rolls = (load_config(write_config(tmp_path, code_shards), ["--data.num_workers", "0",
+                                                                     "--data.roll_videos", roll])
+                    for roll in ("false", "true"))
     for task in ("t2v", "v2v"):
-        plain, rolled = codes(task, 1, 0, 6, roll=False), codes(task, 1, 0, 6)
-        expected = [torch.roll(c, s, dims=(-2, -1)) for c, s in zip(plain, roll_shifts(3, task, range(len(plain)),
-                                                                                       plain.shape[-2:]))]
-        assert torch.equal(rolled, torch.stack(expected)) and not torch.equal(rolled, plain)
-        assert torch.equal(codes(task, 2, 0, 3), rolled)
-        resumed = codes(task, 1, 4, 2)  # a run resumed at position 4
+        unrolled, rolled = taken(plain, task, "codes", 1, 0, 6), taken(rolls, task, "codes", 1, 0, 6)
+        shifts = roll_shifts(3, task, range(len(unrolled)), unrolled.shape[-2:])
+        expected = torch.stack([torch.roll(c, s, dims=(-2, -1)) for c, s in zip(unrolled, shifts)])
+        assert torch.equal(rolled, expected) and not torch.equal(rolled, unrolled)
+        assert torch.equal(taken(rolls, task, "codes", 2, 0, 3), rolled)
+        resumed = taken(rolls, task, "codes", 1, 4, 2)  # a run resumed at position 4
         assert torch.equal(resumed, rolled[4: 4 + len(resumed)])
-    assert torch.equal(codes("t2i", 1, 0, 2), codes("t2i", 1, 0, 2, roll=False))
+    assert torch.equal(taken(rolls, "t2i", "codes", 1, 0, 2), taken(plain, "t2i", "codes", 1, 0, 2))
 
 
 def test_task_sequence_follows_weights_and_schedule(code_shards, tmp_path):
