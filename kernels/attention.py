@@ -4,8 +4,9 @@ Backends, all computing the same function (DESIGN.md):
 - "reference": dense SDPA with the `nearby_mask` matrix; O(N²), the judge of the others.
 - "blocked": query tiles against the keys their windows reach (kernels/blocked.py); CPU and CUDA.
 - "flex": FlexAttention with a cached block mask (kernels/flex.py); CUDA, the least memory.
-`backend=None` picks "blocked" on every device: on an H200 (bf16, 20 heads of 64) it ran 3DNA
-1.8-2.5× faster than flex at 10-40 frames and trained the 870M model 1.3× faster (README).
+`backend=None` picks "blocked" on every device: it is the fastest path for video grids on CPU and
+CUDA, while flex uses the least memory (docs/benchmarks.md has the measurements, docs/3dna.md how to
+choose).
 """
 from __future__ import annotations
 

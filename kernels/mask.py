@@ -66,9 +66,10 @@ def nearby_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, wrap=
     smaller than the query's, so it needs q_grid == kv_grid.
 
     `wrap` (an extension of the paper's definition, off by default) continues the window past the
-    border on the other side along the axes it marks: for frames whose content wraps around, where
-    what leaves on the right comes back on the left (the demo's shapes), as circular padding does
-    for the VQ-GAN. Causality stays raster order.
+    border on the other side along the axes it marks: for grids whose content wraps around, where
+    what leaves on the right comes back on the left (columns only for a 360° panorama; rows and
+    columns for tiling textures or periodic simulations), as circular padding does for the VQ-GAN.
+    Causality stays raster order.
     """
     q_grid, kv_grid = check_grid(q_grid, "q_grid"), check_grid(kv_grid, "kv_grid")
     extent = check_extent(extent)

@@ -54,9 +54,9 @@ class NuwaConfig:
     """Frames are tori: the decoder's image/video windows continue past the row and column borders on the
     other side (kernels/mask.py), and rotary row/column frequencies are whole turns per frame, so that the
     last row is one row before the first. For data whose content wraps around (what leaves on one side
-    comes back on the other, as the demo's shapes do): without it, what comes back in is outside every
-    window and must be guessed. Off by default (real frames do not wrap); README has what it changed on
-    the demo's data."""
+    comes back on the other: tiling textures, periodic simulations, toroidal synthetic data, usually coded
+    by a VQ-GAN with circular padding): without it, what comes back in is outside every window and must be
+    guessed. Off by default (real frames do not wrap); docs/3dna.md."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass: trades ~30% more compute for activation memory."""
     attention_backend: Optional[str] = None

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.vqgan import load_checked, load_torch_checkpoint
+from model.storage import load_checked, load_torch
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class LPIPS(nn.Module):
         """Build from weight files (see the module docstring); the variant is read off the keys."""
         state = {}
         for path in paths:
-            state.update(lpips_keys(load_torch_checkpoint(path)))
+            state.update(lpips_keys(load_torch(path)))
         model = cls(shift_tolerant=any(k.endswith(".filt") for k in state))
         load_checked(model, state, " + ".join(str(p) for p in paths))
         return model

@@ -11,13 +11,12 @@ refuse a mismatched pair. Weights are safetensors only: loading never executes p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import typed_config
+from model import storage, typed_config
 from model.config import NuwaConfig
 from model.nuwa import Nuwa
 
@@ -31,14 +30,7 @@ def check_state_dict(state: dict[str, torch.Tensor], config: NuwaConfig, where: 
     """Raise ValueError naming every missing, unexpected or mis-shaped tensor."""
     with torch.device("meta"):
         expected = Nuwa(config).state_dict()
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(f"{where} does not match the NÜWA model of its config: "
-                       f"missing keys {missing or 'none'}; unexpected keys {unexpected or 'none'}")
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)} expected" for k, v in expected.items()
-              if state[k].shape != v.shape]
-    if shapes:
-        raise ValueError(f"{where}: tensor shapes differ from the config: " + "; ".join(shapes))
+    storage.check_state_dict(state, expected, where, "NÜWA model of its config")
 
 
 def refuse_overwrite(path: Path, force: bool) -> None:
@@ -59,12 +51,9 @@ def save_state(state: dict[str, torch.Tensor], config: NuwaConfig, path: str | P
     record = {"format": FORMAT, "model": config.to_dict(), "dtype": str(stored).removeprefix("torch."), **(info or {})}
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG).unlink(missing_ok=True)  # from here on the folder reads as incomplete until the end
-    tmp = path / f".{WEIGHTS}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / WEIGHTS)
-    tmp = path / f".{CONFIG}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path / CONFIG)
+    with storage.atomic_path(path / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    storage.atomic_write(path / CONFIG, json.dumps(record, indent=1, sort_keys=True))
     return path
 
 

@@ -5,9 +5,12 @@ name the offending key, so a typo in a config file never silently falls back to 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -164,3 +167,67 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string literal under it), from `cls` and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def type_name(annotation: Any) -> str:
+    """A short readable form of a field's type: `int`, `fp32|bf16`, `int | None`, `list[Stage]`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+@dataclasses.dataclass
+class Key:
+    """One config key for `--help` and the configuration reference."""
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def describe(cls: type, prefix: str = "", instance: Any = None) -> list[Key]:
+    """Every key of `cls`, nested sections flattened to `section.key`, with its type, default and doc.
+
+    Defaults are read from `instance` (e.g. a preset's values) when given, else from a default instance.
+    """
+    instance = cls() if instance is None else instance
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += describe(hints[f.name], f"{prefix}{f.name}.", value)
+        else:
+            plain = json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value,
+                                          default=lambda o: dataclasses.asdict(o)))
+            keys.append(Key(prefix + f.name, type_name(hints[f.name]), plain, docs.get(f.name, "")))
+    return keys
+
+
+def help_text(keys: list[Key], width: int = 100) -> str:
+    """The keys as `--help` lists them: `--section.key TYPE (default: …)` and the doc, indented."""
+    lines = []
+    for key in keys:
+        lines.append(f"  --{key.name} {key.type}  (default: {json.dumps(key.default)})")
+        lines += textwrap.wrap(key.doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)

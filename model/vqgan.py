@@ -16,10 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model import typed_config
+from model.storage import atomic_path, atomic_write, load_checked, load_torch
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -82,14 +80,14 @@ class VQGANConfig:
     names): with no attention either, a code depends only on the pixels its convolutions reach (about
     ±10 codes for the tiny preset's levels, the whole frame of a 64-px image). The decoder keeps
     GroupNorm, whose statistics over the map amplify the small codes of taming's initialisation early in
-    training; with per-pixel norm there too, the demo's codebook collapsed onto one point."""
+    training; with per-pixel norm there too the codebook can collapse onto one point (docs/decisions.md)."""
     dropout: float = 0.0
     """Dropout inside ResnetBlocks."""
     padding_mode: str = "zeros"
     """How 3×3 convs (and the downsampling pad) see past the border: "zeros" (taming), "reflect",
     "replicate" or "circular". With "circular" the encoder is exactly equivariant to shifts by whole
-    codes, so a flat frame is one code and content moving by a code keeps its codes, for data that
-    wraps around the frame (the demo's shapes do)."""
+    codes, so a flat frame is one code and content moving by a code keeps its codes: for images whose
+    content wraps around (tiling textures, periodic simulations; both axes wrap). See docs/vqgan.md."""
 
     def __post_init__(self):
         self.ch_mult, self.attn_levels = tuple(self.ch_mult), tuple(self.attn_levels)
@@ -499,9 +497,9 @@ class VQGAN(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        config = json.dumps(typed_config.to_dict(self.config), indent=2) + "\n"
-        _atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(config))
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, tmp, metadata={"format": "pt"})
+        atomic_write(directory / "config.json", json.dumps(typed_config.to_dict(self.config), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "VQGAN":
@@ -528,7 +526,7 @@ class VQGAN(nn.Module):
         """Load a taming-transformers `VQModel` checkpoint (a Lightning .ckpt holding `state_dict`,
         or a bare state dict). Without `config` the architecture is read from the tensor shapes;
         `overrides` adjust what shapes cannot tell (`resolution`, `norm_groups`, `beta`)."""
-        state = taming_to_vqgan(load_torch_checkpoint(path))
+        state = taming_to_vqgan(load_torch(path))
         config = config or infer_taming_config(state, str(path), **overrides)
         model = cls(config)
         load_checked(model, state, str(path))
@@ -582,67 +580,3 @@ def infer_taming_config(state: dict[str, torch.Tensor], source: str, **overrides
         resolution=2 ** (levels - 1) * (21 if levels == 5 else 32),
     )
     return VQGANConfig(**{**inferred, **overrides})
-
-
-def load_checked(model: nn.Module, state: dict[str, Any], source: str) -> None:
-    """load_state_dict that names every missing, unexpected and wrongly shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    not_tensor = sorted(k for k in set(state) & set(expected) if not isinstance(state[k], torch.Tensor))
-    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                for k in sorted(set(state) & set(expected)) if k not in not_tensor and state[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped or not_tensor:
-        def listed(keys):
-            return ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
-        parts = [f"{label} keys: {listed(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", reshaped),
-                  ("non-tensor", not_tensor)) if keys]
-        raise ValueError(f"{source} does not match the {type(model).__name__} architecture; " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
-def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True, also for Lightning checkpoints that pickle Python objects.
-
-    Old Lightning .ckpt files (taming's among them) hold non-tensor metadata: callback classes as
-    dict keys, hyper-parameter namespaces, numpy scalars. weights_only=True refuses them. We then
-    list those globals (torch reads the names without unpickling) and let the safe unpickler build
-    an inert placeholder in their place: no code of theirs runs, and torch keeps refusing modules
-    it blocks outright (os, subprocess, …), so a hostile file still fails.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
-        raise ValueError(f"{path} holds Python objects that cannot be loaded safely (weights_only=True): {reason} "
-                         "If you trust the file, re-save its state_dict alone with torch.save and load that.") from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({str(e).split('. ')[0]})") from None
-
-
-def _placeholder(name: str) -> type:
-    """An inert stand-in class for a pickled global we do not need (it ignores its arguments)."""
-    return type(name.rsplit(".", 1)[-1], (), {"__init__": lambda self, *a, **k: None,
-                                               "__setstate__": lambda self, state: None,
-                                               "__module__": "placeholder"})
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -6,19 +6,12 @@ Refuses (and writes nothing) when a split is missing or was run twice, or when t
 disagree on settings (VQ-GAN, tokenizer, sampling). The result equals the manifest of a
 single run over the whole dataset.
 """
-import os
-import sys
+import preprocess  # noqa: F401  (first: see preprocess/__init__.py)
+import argparse
+import json
+from pathlib import Path
 
-# `python preprocess/<script>.py` puts preprocess/ first on sys.path, where our tokenize.py would
-# shadow the standard library's tokenize: drop that entry.
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from preprocess.shards import MANIFEST, ShardWriter, merge_manifests  # noqa: E402
+from preprocess.shards import MANIFEST, ShardWriter, merge_manifests
 
 
 def merge_folder(folder: str | Path) -> dict:

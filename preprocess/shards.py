@@ -33,12 +33,12 @@ sorted JSON, no times). Splits own disjoint units, so their manifests merge exac
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from model.storage import atomic_path, atomic_write, remove
 
 FORMAT = "nuwa-code-shards/1"
 CODES_DTYPE = "uint16"
@@ -60,12 +60,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")  # splits may share the folder
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Writes shards, unit records and manifests into one folder, each complete or not at all."""
 
@@ -80,8 +74,7 @@ class ShardWriter:
             f"{TMP_PREFIX}{stem}*" for u in units for stem in (shard_name(u, 0)[:-4], self.unit_path(u).name)]
         removed = sorted({p.name for pattern in patterns for p in self.folder.glob(pattern)})
         for name in removed:
-            path = self.folder / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove(self.folder / name)
         return removed
 
     def check_settings(self, settings: dict) -> None:
@@ -94,7 +87,7 @@ class ShardWriter:
                 raise ValueError(f"{self.folder} was written with other settings ({', '.join(differ)} differ); "
                                  f"use a new output folder or delete it")
         else:
-            _atomic_write_text(path, _dumps(settings))
+            atomic_write(path, _dumps(settings), prefix=TMP_PREFIX)
 
     def has_shard(self, name: str) -> bool:
         return (self.folder / name).is_dir()
@@ -106,15 +99,12 @@ class ShardWriter:
         if not (codes.shape[0] == text.shape[0] == text_len.shape[0] == n) or codes.ndim != 4:
             raise ValueError(f"{name}: inconsistent shapes codes {codes.shape}, text {text.shape}, "
                              f"text_len {text_len.shape}, {n} keys")
-        tmp = self.folder / (TMP_PREFIX + name)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        np.save(tmp / "codes.npy", np.ascontiguousarray(codes, dtype=CODES_DTYPE))
-        np.save(tmp / "text.npy", np.ascontiguousarray(text, dtype=TEXT_DTYPE))
-        np.save(tmp / "text_len.npy", np.ascontiguousarray(text_len, dtype=TEXT_DTYPE))
-        (tmp / "keys.json").write_text(_dumps(list(keys)), encoding="utf-8")
-        os.replace(tmp, self.folder / name)
+        with atomic_path(self.folder / name, prefix=TMP_PREFIX) as tmp:
+            tmp.mkdir()
+            np.save(tmp / "codes.npy", np.ascontiguousarray(codes, dtype=CODES_DTYPE))
+            np.save(tmp / "text.npy", np.ascontiguousarray(text, dtype=TEXT_DTYPE))
+            np.save(tmp / "text_len.npy", np.ascontiguousarray(text_len, dtype=TEXT_DTYPE))
+            (tmp / "keys.json").write_text(_dumps(list(keys)), encoding="utf-8")
 
     def unit_path(self, unit: int) -> Path:
         return self.folder / f"unit-{unit:05d}.json"
@@ -123,14 +113,14 @@ class ShardWriter:
         return self.unit_path(unit).exists()
 
     def write_unit(self, record: dict) -> None:
-        _atomic_write_text(self.unit_path(record["unit"]), _dumps(record))
+        atomic_write(self.unit_path(record["unit"]), _dumps(record), prefix=TMP_PREFIX)
 
     def read_unit(self, unit: int) -> dict:
         return json.loads(self.unit_path(unit).read_text(encoding="utf-8"))
 
     def write_manifest(self, manifest: dict, name: str = MANIFEST) -> Path:
         path = self.folder / name
-        _atomic_write_text(path, _dumps(manifest))
+        atomic_write(path, _dumps(manifest), prefix=TMP_PREFIX)
         return path
 
 

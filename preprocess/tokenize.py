@@ -8,17 +8,11 @@ dataset over K machines, run split i of K on each (`--num-splits K --split i`, o
 WORLD_SIZE in the environment), gather the outputs in one folder, and join the manifests with
 `python preprocess/merge_manifests.py FOLDER`.
 """
+import preprocess  # noqa: F401  (first: see preprocess/__init__.py)
+import argparse
 import os
-import sys
 
-# `python preprocess/tokenize.py` puts preprocess/ first on sys.path, where this file would shadow
-# the standard library's tokenize (imported by inspect, linecache, torch): drop that entry.
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-
-from preprocess.pipeline import TokenizeConfig, tokenize_dataset  # noqa: E402
+from preprocess.pipeline import TokenizeConfig, tokenize_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> TokenizeConfig:

@@ -8,22 +8,16 @@ and "None" is a piece of its own (the V2V condition, see preprocess/text.py). Th
 size is an upper bound: a small corpus (the demo's) yields fewer pieces instead of failing.
 Training reads every caption and uses one thread, so the model is the same bytes on every run.
 """
-import os
-import sys
+import preprocess  # noqa: F401  (first: see preprocess/__init__.py)
+import argparse
+import io
+from pathlib import Path
 
-# `python preprocess/<script>.py` puts preprocess/ first on sys.path, where our tokenize.py would
-# shadow the standard library's tokenize (imported by inspect, linecache, torch): drop that entry.
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
+import sentencepiece as spm
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import sentencepiece as spm  # noqa: E402
-
-from preprocess.readers import iter_captions  # noqa: E402
-from preprocess.text import BOS_ID, EOS_ID, NONE_TEXT, PAD_ID, UNK_ID, CaptionTokenizer  # noqa: E402
+from model.storage import atomic_write
+from preprocess.readers import iter_captions
+from preprocess.text import BOS_ID, EOS_ID, NONE_TEXT, PAD_ID, UNK_ID, CaptionTokenizer
 
 
 def train_tokenizer(inputs: list[str], output_prefix: str | Path, vocab_size: int = 8192) -> CaptionTokenizer:
@@ -42,9 +36,7 @@ def train_tokenizer(inputs: list[str], output_prefix: str | Path, vocab_size: in
     prefix = Path(output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for suffix, data in ((".vocab", vocab.encode()), (".model", model.getvalue())):
-        tmp = Path(f"{prefix}{suffix}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, f"{prefix}{suffix}")
+        atomic_write(f"{prefix}{suffix}", data)
     return CaptionTokenizer(f"{prefix}.model")
 
 

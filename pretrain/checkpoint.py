@@ -10,7 +10,6 @@ any number of ranks).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from model.storage import atomic_write
 from pretrain.config import TASKS
 
 STATE_FILE = "trainer_state.json"
@@ -59,6 +59,13 @@ def is_universal(tag_dir: Path) -> bool:
     return (tag_dir / "zero" / "optimizer_state.pt").is_file()
 
 
+def mark_complete(tag_dir: Path, state: dict, config: dict, keep_last: int) -> None:
+    """Write the completion marker (last, atomically), then delete all but the newest `keep_last` complete tags."""
+    atomic_write(tag_dir / STATE_FILE, json.dumps({"state": state, "config": config}, indent=1, sort_keys=True))
+    for old in complete_tags(tag_dir.parent)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+
+
 def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_last: int) -> Path:
     """Collective: every rank saves its shard; rank 0 then marks the tag complete and prunes old ones."""
     folder = checkpoint_dir(output_dir)
@@ -66,32 +73,46 @@ def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_l
     engine.save_checkpoint(str(folder), tag=tag, client_state={"trainer_state": asdict(state)})
     dist.barrier()
     if dist.get_rank() == 0:
-        text = json.dumps({"state": asdict(state), "config": config}, indent=1, sort_keys=True)
-        tmp = folder / tag / f".{STATE_FILE}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / tag / STATE_FILE)
-        for old in complete_tags(folder)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
+        mark_complete(folder / tag, asdict(state), config, keep_last)
     dist.barrier()
     return folder / tag
 
 
-def resolve(path: str | Path | None, output_dir: str | Path) -> Path | None:
-    """`auto` → the newest complete tag of this run (or None); a tag folder; or a checkpoints folder."""
+def refuse_legacy(folder: Path) -> None:
+    """VQ-GAN runs of the earlier layout (`step_XXXXXXXX` tags and a `latest` pointer) are not resumed."""
+    old = sorted(folder.glob("step_*")) if folder.is_dir() else []
+    if old or (folder / "latest").is_file():
+        example = old[-1] if old else folder / "step_XXXXXXXX"
+        raise CheckpointError(f"{folder} holds checkpoints of the earlier VQ-GAN layout (step_XXXXXXXX tags and a "
+                              f"'latest' pointer), which cannot be resumed; {example / 'vqgan'} is a complete VQ-GAN "
+                              f"folder: start a new run from it with --trainer.init {example / 'vqgan'}")
+
+
+def resolve(path: str | Path | None, output_dir: str | Path | None = None) -> Path | None:
+    """The tag folder to load: `auto` → the newest complete tag of `output_dir` (None when there is none);
+    a tag folder as given; a checkpoints or run folder → its newest complete tag."""
     if path is None:
         return None
     if str(path) == "auto":
-        tags = complete_tags(checkpoint_dir(output_dir))
+        folder = checkpoint_dir(output_dir)
+        tags = complete_tags(folder)
+        if not tags:
+            refuse_legacy(folder)
         return tags[-1] if tags else None
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {path}: no such file or folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path}: " + ("not a folder" if path.exists() else "no such folder"))
     if (path / STATE_FILE).is_file():
         return path
     tags = complete_tags(path) or complete_tags(path / "checkpoints")
-    if not tags:
-        raise FileNotFoundError(f"--resume {path}: no complete checkpoint there (a tag folder holds {STATE_FILE})")
-    return tags[-1]
+    if tags:
+        return tags[-1]
+    if any(path.glob("*_states.pt")) or path.name.startswith("step-"):
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {STATE_FILE} (rank 0 writes it last, once "
+                              f"every rank has saved); it was interrupted and cannot be used")
+    for folder in (path, path / "checkpoints", path.parent):
+        refuse_legacy(folder)
+    raise FileNotFoundError(f"checkpoint {path}: no complete checkpoint there (a tag folder holds {STATE_FILE})")
 
 
 def read_marker(tag_dir: Path) -> dict:

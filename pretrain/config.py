@@ -12,6 +12,7 @@ from typing import Literal
 
 from model import typed_config
 from model.config import PRESETS, NuwaConfig
+from pretrain.optim import OptimConfig
 
 TASKS = ("t2i", "v2v", "t2v")
 TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video"}
@@ -43,29 +44,13 @@ class DataConfig:
     sampling can use classifier-free guidance (V2V already trains videos under "None")."""
     roll_videos: bool = False
     """Roll every V2V/T2V clip by a random whole number of codes along rows and columns, wrapping round.
-    Only for data whose frames are tori (the demo's shapes leave on one side and come back on the other):
-    with a circular-padded VQ-GAN the rolled codes are exactly the codes of the rolled clip, so each clip
+    Only for data whose frames are tori (what leaves on one side comes back on the other, as in tiling
+    textures or the demo's synthetic shapes): with a circular-padded VQ-GAN the rolled codes are exactly the codes of the rolled clip, so each clip
     stands for H×W clips and the model must learn the motion instead of memorising where each clip's shape
     is. Real footage does not wrap (a roll would cut it at a seam): leave it off there."""
     frames: dict[str, int] = field(default_factory=dict)
     """Train a video task on the first N frames of every clip, e.g. {"t2v": 3} (absent: all of them):
     a short clip costs a fraction of a whole one, so a step holds more clips of the same budget."""
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    """Peak learning rate (paper: Adam, 1e-3)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.01
-    """AdamW decay on weight matrices and embeddings (dim ≥ 2); biases, norms and <bos> are not decayed."""
-    warmup_fraction: float = 0.05
-    """Linear warm-up over this fraction of `trainer.steps` (paper: 5%)."""
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1
-    """The decay ends at lr × min_lr_ratio."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clipping (0 disables)."""
 
 
 @dataclass
@@ -81,9 +66,11 @@ class TrainerConfig:
     output_dir: str = "runs/nuwa"
     """Checkpoints, TensorBoard logs, metrics.jsonl and the resolved config go here."""
     checkpoint_every: int = 500
+    """Steps between checkpoints (the last step, and a stop request, always save)."""
     keep_last: int = 3
     """Checkpoints to keep (older ones are deleted after a new one is complete)."""
     log_every: int = 10
+    """Steps between TensorBoard scalars and progress-bar updates (metrics.jsonl gets every step)."""
     sample_every: int = 0
     """Steps between generated samples (T2I, T2V, V2V of fixed training captions/videos) decoded into
     TensorBoard images; 0 = never. Needs `vqgan`."""
@@ -95,6 +82,8 @@ class TrainerConfig:
     """On a NaN/inf loss: skip that micro-batch (counted, logged) or stop with the step named."""
     max_consecutive_skips: int = 10
     """`skip` still stops after this many bad micro-batches in a row."""
+    timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
 
 
 @dataclass
@@ -104,7 +93,8 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     preset: str = "nuwa-336"
-    """The model preset the `model` section started from (recorded for conversion and sampling)."""
+    """The NÜWA preset the `model` section starts from (tiny, nuwa-256, nuwa-336), set as `model.preset`
+    in a file or `--model.preset` (recorded for conversion and sampling)."""
 
     def __post_init__(self):
         if not 0 <= self.data.caption_dropout < 1:
@@ -129,9 +119,34 @@ class PretrainConfig:
         return typed_config.to_dict(self)
 
 
+DATA_FIXED = ("text_vocab_size", "codebook_size", "frames", "grid_height", "grid_width")
+"""Model fields that the data fixes: read from the shard manifests unless the config sets them."""
+
+
+def from_manifests(data: dict) -> dict:
+    """The DATA_FIXED model fields that the manifests of `data`'s shard folders give (folders that hold
+    no manifest give nothing; the trainer reports them when it opens the shards)."""
+    from preprocess.shards import MANIFEST, ShardDataset
+
+    fields = {}
+    for key in ("image_shards", "video_shards"):
+        folder = data.get(key)
+        if not isinstance(folder, str) or not (Path(folder) / MANIFEST).is_file():
+            continue
+        manifest = ShardDataset(folder).manifest
+        frames, height, width = manifest["grid"]
+        fields.update(text_vocab_size=manifest["tokenizer_vocab_size"], codebook_size=manifest["codebook_size"],
+                      grid_height=height, grid_width=width, **({"frames": frames} if key == "video_shards" else {}))
+    return fields
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> PretrainConfig:
-    """File ← overrides; `model.preset` picks the base preset for the model section."""
+    """Preset ← shard manifests (the DATA_FIXED fields) ← file ← overrides; `model.preset` picks the preset.
+
+    A DATA_FIXED field that the file or an override sets is kept as set, and the trainer refuses
+    shards that disagree with it.
+    """
     raw = dict(data or {})
     if path is not None:
         raw = typed_config.merge(raw, typed_config.read_file(path))
@@ -141,5 +156,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     preset = model.pop("preset", raw.pop("preset", "nuwa-336"))
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    raw["model"] = {**PRESETS[preset], **model}
+    raw["model"] = {**PRESETS[preset], **from_manifests(raw.get("data") or {}), **model}
     return typed_config.from_dict(PretrainConfig, {**raw, "preset": preset})

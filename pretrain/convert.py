@@ -29,25 +29,9 @@ from model import typed_config
 from model.config import NuwaConfig
 from model.pretrained import DTYPES, WEIGHTS, refuse_overwrite, save_state
 from preprocess.shards import ShardDataset
-from pretrain.checkpoint import STATE_FILE, CheckpointError, complete_tags, is_universal, read_marker
+from pretrain.checkpoint import STATE_FILE, CheckpointError, is_universal, read_marker, resolve
 
 RANK_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
-
-
-def resolve_tag(path: str | Path) -> Path:
-    """A tag folder as given, or the newest complete tag of a checkpoints or run folder."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path}: " + ("not a folder" if path.exists() else "no such folder"))
-    if (path / STATE_FILE).is_file():
-        return path
-    tags = complete_tags(path) or complete_tags(path / "checkpoints")
-    if tags:
-        return tags[-1]
-    if any(path.glob("*_states.pt")):
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {STATE_FILE} (rank 0 writes it last, once "
-                              f"every rank has saved); it was interrupted and cannot be converted")
-    raise FileNotFoundError(f"checkpoint {path}: no complete checkpoint there (a tag folder holds {STATE_FILE})")
 
 
 def check_files(tag: Path) -> dict:
@@ -104,7 +88,7 @@ def to_safetensors(checkpoint: str | Path, out: str | Path, dtype: str = "fp32",
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     start = time.perf_counter()
-    tag, out = resolve_tag(checkpoint), Path(out)
+    tag, out = resolve(checkpoint), Path(out)
     if is_universal(tag):
         raise CheckpointError(f"checkpoint {tag} is a universal checkpoint; convert the DeepSpeed checkpoint it was "
                               f"made from")
@@ -136,7 +120,7 @@ def to_universal(checkpoint: str | Path, out: str | Path, force: bool = False, w
     from deepspeed.checkpoint import ds_to_universal
 
     start = time.perf_counter()
-    tag, out = resolve_tag(checkpoint), Path(out)
+    tag, out = resolve(checkpoint), Path(out)
     if is_universal(tag):
         raise CheckpointError(f"checkpoint {tag} is already a universal checkpoint")
     check_files(tag)

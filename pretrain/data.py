@@ -12,6 +12,7 @@ the next world_size × micro_batch positions, rank r the r-th slice of them. Cap
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from preprocess.shards import ShardDataset
-from pretrain.config import TASK_MODALITY, TASKS, DataConfig
+from preprocess.text import CaptionTokenizer
+from pretrain.config import TASK_MODALITY, TASKS, DataConfig, PretrainConfig
 
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 
@@ -168,3 +170,28 @@ def open_shards(config: DataConfig, model_config, tokenizer_fingerprint: str, ta
 def active_tasks(config: DataConfig, steps: int) -> set[str]:
     """Tasks that have weight > 0 in any stage that starts before the run ends."""
     return {t for s in config.schedule if s.start_step < max(steps, 1) for t, w in s.weights.items() if w > 0}
+
+
+def task_grid(config: PretrainConfig, task: str) -> tuple[int, int, int]:
+    """The code grid a sample of `task` trains on (a video task with `data.frames` set: its first frames)."""
+    frames, height, width = config.model.image_grid if TASK_MODALITY[task] == "image" else config.model.video_grid
+    return config.data.frames.get(task, frames), height, width
+
+
+def tokens_per_sample(config: PretrainConfig, task: str) -> int:
+    return math.prod(task_grid(config, task))
+
+
+def open_datasets(config: PretrainConfig) -> tuple[dict[str, ShardDataset], dict[str, TaskDataset]]:
+    """(shards by modality, datasets by task) of the active tasks, the shards checked against the model
+    config and the tokenizer."""
+    tasks = active_tasks(config.data, config.trainer.steps)
+    if not tasks:
+        raise ValueError("data.schedule gives no task a weight > 0")
+    if not config.data.tokenizer:
+        raise ValueError("data.tokenizer is empty: give the sentencepiece model the shards were made with")
+    tokenizer = CaptionTokenizer(config.data.tokenizer)
+    shards = open_shards(config.data, config.model, tokenizer.fingerprint(), tasks)
+    none_text, _ = tokenizer.encode_none()
+    datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, none_text, config.data.frames.get(t)) for t in sorted(tasks)}
+    return shards, datasets

@@ -1,28 +1,23 @@
 """Pre-train NÜWA with DeepSpeed ZeRO on code shards.
 
-    deepspeed pretrain/main.py --config configs.yaml [--section.key value ...] [--resume auto|PATH]
+    deepspeed pretrain/main.py --config configs/cpu-smoke.yaml [--section.key value ...] [--resume auto|PATH]
     deepspeed --num_gpus 2 pretrain/main.py ...        # also: torchrun, or plain `python` for one process
+    python pretrain/main.py --config configs/nuwa-336-64gpu.yaml --dry-run --world-size 64
 """
-import argparse
-import sys
-
-from pretrain.checkpoint import CheckpointError
-from pretrain.config import load_config
-from pretrain.trainer import Trainer
+from pretrain import cli
+from pretrain.config import PretrainConfig, load_config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML/JSON file; sections model (with preset), data, optim, trainer")
-    parser.add_argument("--resume", help="'auto' (newest checkpoint of trainer.output_dir, if any) or a path")
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    args, overrides = parser.parse_known_args(argv)
-    try:
+    args, overrides = cli.parse_args(__doc__, PretrainConfig, argv)
+    with cli.mistakes_end_in_one_line("pretrain"):
         config = load_config(args.config, overrides)
+        if args.dry_run:
+            from pretrain.dry_run import pretrain_report
+            print(pretrain_report(config, *cli.dry_run_world(args)))
+            return
+        from pretrain.trainer import Trainer  # DeepSpeed's import is slow: not for --help
         Trainer(config, resume=args.resume).train()
-    except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,33 @@
-"""Train the VQ-GAN tokenizer on raw images.
+"""Train the VQ-GAN tokenizer on raw images and video frames (pretrain/vqgan_trainer.py).
 
-    python pretrain/train_vqgan.py --config cfg.yaml [--section.key value ...] [--resume [CHECKPOINT]]
+    python pretrain/train_vqgan.py --config configs/vqgan-demo.yaml [--section.key value ...] [--resume auto|PATH]
     torchrun --nproc_per_node 2 pretrain/train_vqgan.py --config cfg.yaml      # DDP
+    python pretrain/train_vqgan.py --config configs/vqgan-f16-12288.yaml --dry-run
 
-Sections: preset, model (VQGANConfig fields over the preset), data, loss, train; see
-pretrain/vqgan_trainer.py for every key. The result is OUT/final (VQGAN.from_pretrained).
+The result is {trainer.output_dir}/final, a folder that VQGAN.from_pretrained and
+preprocess/tokenize.py --vqgan read.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
-from pretrain.vqgan_trainer import load_config, train
+from pretrain import cli
+from pretrain.vqgan_trainer import VQGANTrainingConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                     epilog="any other --section.key value overrides the config file")
-    parser.add_argument("--config", help="YAML or JSON config (optional: presets and overrides suffice)")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from a checkpoint folder, or from the newest under train.out_dir")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = cli.parse_args(__doc__, VQGANTrainingConfig, argv)
     rank0 = os.environ.get("RANK", "0") == "0"  # other ranks log warnings only, so each line appears once
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    train(load_config(args.config, overrides), resume=args.resume)
+    with cli.mistakes_end_in_one_line("train_vqgan"):
+        config = load_config(args.config, overrides)
+        if args.dry_run:
+            from pretrain.dry_run import vqgan_report
+            print(vqgan_report(config, cli.dry_run_world(args)[0]))
+            return
+        from pretrain.vqgan_trainer import train
+        train(config, resume=args.resume)
 
 
 if __name__ == "__main__":

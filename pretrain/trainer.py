@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 from pathlib import Path
 
 import deepspeed
@@ -23,72 +21,15 @@ from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
 from model.vqgan import VQGAN
 from preprocess.readers import model_to_uint8
-from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
-from pretrain.config import PretrainConfig, OptimConfig
-from pretrain.data import MultiTaskData, StreamState, TaskDataset, TASK_MODALITY, active_tasks, open_shards, task_at
+from pretrain.config import PretrainConfig
+from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, tokens_per_sample
+from pretrain.distributed import init_distributed
 from pretrain.metrics import MetricLogger
+from pretrain.optim import build_optimizer, lr_multiplier
 
 ENGINE_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
                "scheduler", "gradient_clipping", "bf16", "fp16"}
-
-
-def free_port() -> int:
-    """A TCP port on localhost that nothing listens on now (for a one-process group's rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join the process group under `deepspeed`, `torchrun`, or plain `python` (a group of one)."""
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
-    accelerator = get_accelerator()
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if accelerator.device_name() == "cuda":
-        torch.cuda.set_device(local_rank)
-        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
-    if "OMP_NUM_THREADS" not in os.environ:  # CPU ranks on one machine share its cores, never oversubscribe
-        local_ranks = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))
-    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-
-
-def lr_multiplier(optim: OptimConfig, total_steps: int):
-    """Linear warm-up over warmup_fraction of the run, then cosine/linear decay to min_lr_ratio."""
-    warmup = max(1, round(optim.warmup_fraction * total_steps))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if optim.decay == "cosine":
-            return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        if optim.decay == "linear":
-            return 1 - (1 - optim.min_lr_ratio) * progress
-        return 1.0
-
-    return multiplier
-
-
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, device: torch.device):
-    """AdamW with decay on dim ≥ 2 tensors; DeepSpeedCPUAdam under optimizer offload; fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if offload:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=optim.betas, adamw_mode=True)
-    if device.type == "cuda":
-        try:
-            from apex.optimizers import FusedAdam
-            return FusedAdam(groups, lr=optim.lr, betas=optim.betas, adam_w_mode=True)
-        except ImportError:
-            return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=True)
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
 
 
 def engine_config(config: PretrainConfig, world_size: int, tasks: set[str], load_universal: bool = False) -> dict:
@@ -168,35 +109,23 @@ class Trainer:
     def __init__(self, config: PretrainConfig, resume: str | None = None):
         self.config = config
         cfg, trainer = config, config.trainer
-        self.tasks = active_tasks(cfg.data, trainer.steps)
-        if not self.tasks:
-            raise ValueError("data.schedule gives no task a weight > 0")
         resume_dir = checkpoint.resolve(resume, trainer.output_dir)
         if resume_dir is not None:  # refuse a foreign checkpoint before building anything
             checkpoint.check_same_model(checkpoint.read_marker(resume_dir)["config"]["model"], cfg.model.to_dict(),
                                         resume_dir)
+        shards, self.datasets = open_datasets(cfg)
+        self.tasks = set(self.datasets)
+        self.tokens_per_sample = {t: tokens_per_sample(cfg, t) for t in self.tasks}
 
-        if not cfg.data.tokenizer:
-            raise ValueError("data.tokenizer is empty: give the sentencepiece model the shards were made with")
-        tokenizer = CaptionTokenizer(cfg.data.tokenizer)
-        shards = open_shards(cfg.data, cfg.model, tokenizer.fingerprint(), self.tasks)
-        none_text, _ = tokenizer.encode_none()
-        self.datasets = {t: TaskDataset(shards[TASK_MODALITY[t]], t, none_text, cfg.data.frames.get(t))
-                         for t in sorted(self.tasks)}
-        grids = {"image": cfg.model.image_grid, "video": cfg.model.video_grid}
-        self.tokens_per_sample = {}
-        for t in self.tasks:
-            frames, height, width = grids[TASK_MODALITY[t]]
-            self.tokens_per_sample[t] = cfg.data.frames.get(t, frames) * height * width
-
-        self.rank, self.world_size, self.device = init_distributed()
+        self.rank, self.world_size, self.device = init_distributed(timeout_s=trainer.timeout_s)
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
         torch.manual_seed(trainer.seed)
         model = Nuwa(cfg.model)
         ds = engine_config(cfg, self.world_size, self.tasks,
                            load_universal=resume_dir is not None and checkpoint.is_universal(resume_dir))
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
-        optimizer = build_optimizer(model, cfg.optim, offload, self.device)
+        optimizer = build_optimizer(model, cfg.optim, self.device, offload=offload)
         schedule = lr_multiplier(cfg.optim, trainer.steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds,
@@ -274,14 +203,18 @@ class Trainer:
 
     def train(self) -> str:
         trainer = self.config.trainer
-        logger = MetricLogger(trainer.output_dir, self.state.step, trainer.steps, trainer.log_every, self.rank == 0)
+        logger = MetricLogger(trainer.output_dir, self.state.step, trainer.steps, trainer.log_every, self.rank == 0,
+                              desc="pretrain")
         self.engine.train()
         while self.state.step < trainer.steps:
             out = self.train_step()
             grad_norm = self.engine.get_global_grad_norm()
-            grad_norm = None if grad_norm is None else float(grad_norm)
-            logger.log_step(self.state.step, out["losses"], self.scheduler.get_last_lr()[0], grad_norm,
-                            out["samples"], out["tokens"])
+            losses = out["losses"]
+            every = [x for v in losses.values() for x in v]
+            logger.log_step(self.state.step, {"loss": sum(every) / len(every), "lr": self.scheduler.get_last_lr()[0],
+                                              "grad_norm": None if grad_norm is None else float(grad_norm),
+                                              **{f"loss/{task}": sum(v) / len(v) for task, v in losses.items()}},
+                            {"samples": out["samples"], "tokens": out["tokens"]})
             (stop,) = self.all_reduce([float(self.stop.requested)], op=dist.ReduceOp.MAX)
             if stop or self.state.step % trainer.checkpoint_every == 0 or self.state.step == trainer.steps:
                 path = self.save()

@@ -10,23 +10,24 @@ to `model.resolution`, centre crop): images from webdataset tars or CSV/JSONL in
 the frames of video clips sampled at `data.clip_fps`. Inputs that cannot be decoded are logged
 with the reason and skipped.
 
-Cost of the perceptual loss on CPU (2 cores, tiny preset, 64 px, batch 16): 0.7 s per step
-without LPIPS, 3.1 s with it; CPU runs may prefer `loss.perceptual_weight: 0`.
+The perceptual loss (LPIPS, a VGG16) costs several times a small VQ-GAN's step on a CPU
+(docs/vqgan.md); CPU runs may prefer `loss.perceptual_weight: 0`.
 
-A checkpoint is a folder `OUT/checkpoints/step_XXXXXXXX/` holding `vqgan/` (a `save_pretrained`
-folder, usable as it is), `discriminator.safetensors`, `train_state.pt` (optimizers, code usage,
-every rank's RNG; loaded with weights_only=True) and `config.yaml`. It is written under a
-temporary name and renamed when complete; `OUT/checkpoints/latest` names the newest.
-Resuming restores weights, optimizers, step and RNG; the data stream restarts as a fresh seeded
-permutation for that step (a tokenizer does not need the exact sample sequence back).
+Run folder and checkpoints follow the pre-training trainer's conventions (pretrain/checkpoint.py):
+`{output_dir}/checkpoints/step-XXXXXXXX/` holds `vqgan/` (a `save_pretrained` folder, usable as
+it is), `discriminator.safetensors`, `train_state.pt` (optimizers, code usage, every rank's RNG;
+loaded with weights_only=True) and, written last, `trainer_state.json` (step and the resolved
+config). `--resume auto|PATH`; the newest `trainer.keep_last` complete tags are kept; TensorBoard
+in `tb/`, every step in `metrics.jsonl`. Resuming restores weights, optimizers, step and RNG; the
+data stream restarts as a fresh seeded permutation for that step (a tokenizer does not need the
+exact sample sequence back). The result is `{output_dir}/final` (VQGAN.from_pretrained).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +37,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from model import typed_config
 from model.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from model.lpips import LPIPS, load_lpips
-from model.vqgan import VQGAN, VQGANConfig, load_checked, load_torch_checkpoint
+from model.storage import atomic_write, load_checked, load_torch, remove
+from model.vqgan import VQGAN, VQGANConfig
 from preprocess.readers import (INDEX_SUFFIXES, TAR_SUFFIXES, ClipSampling, InputUnit, Skip, SkipInput, image_pixels,
                                 iter_unit, list_units, uint8_to_model, video_clips)
+from pretrain import checkpoint
+from pretrain.distributed import init_distributed
+from pretrain.metrics import MetricLogger
+from pretrain.optim import OptimConfig, build_optimizer, lr_multiplier
 
 log = logging.getLogger("train_vqgan")
 
@@ -101,27 +104,32 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation, logging and checkpointing."""
+class VQGANOptimConfig(OptimConfig):
+    """Adam for the autoencoder and the discriminator (taming's settings by default)."""
+    lr: float = 1e-4
+    """Learning rate of the autoencoder."""
+    disc_lr: float = 1e-4
+    """Learning rate of the discriminator."""
+    betas: tuple[float, float] = (0.5, 0.9)
+    """Adam's moment decay rates (taming's)."""
+    weight_decay: float = 0.0
+    """AdamW decay on weight matrices (taming uses none)."""
+    warmup_fraction: float = 0.0
+    """Linear warm-up over this fraction of the steps (0: none)."""
+    decay: Literal["cosine", "linear", "constant"] = "constant"
+    """"constant" (taming's), or "cosine"/"linear" down to lr × min_lr_ratio at the last step, which
+    settles the codebook of a short run."""
+
+
+@dataclass
+class VQGANTrainerConfig:
+    """Steps, batch, precision, logging and checkpointing (the same names as pre-training's `trainer`)."""
     steps: int = 100000
     """Optimizer steps in total."""
     batch_size: int = 8
     """Images per process per step."""
-    lr: float = 1e-4
-    """Adam learning rate of the autoencoder."""
-    disc_lr: float = 1e-4
-    """Adam learning rate of the discriminator."""
-    lr_decay: Literal["constant", "cosine"] = "constant"
-    """"constant" (taming's) or "cosine": both learning rates fall to `min_lr_ratio` of their value
-    by the last step, which settles the codebook of a short run."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of the initial one under cosine decay."""
-    betas: tuple[float, float] = (0.5, 0.9)
-    """Adam betas (taming's)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip for both networks (0 = off)."""
-    precision: str = "fp32"
-    """"fp32" or "bf16" (autocast; the codebook search always runs in fp32)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the networks under autocast; the codebook search always runs in fp32."""
     restart_every: int = 200
     """Steps between dead-code restarts (0 = off)."""
     restart_min_count: int = 1
@@ -129,19 +137,21 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation, data order and restarts."""
     log_every: int = 50
-    """Steps between TensorBoard scalars."""
-    image_every: int = 500
-    """Steps between TensorBoard reconstruction grids."""
-    ckpt_every: int = 1000
-    """Steps between checkpoints."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept; older ones are deleted."""
-    out_dir: str = "runs/vqgan"
-    """Run folder: config.yaml, tensorboard/, checkpoints/, final/."""
-    device: str = "auto"
+    """Steps between TensorBoard scalars and progress-bar updates (metrics.jsonl gets every step)."""
+    sample_every: int = 500
+    """Steps between TensorBoard grids of reconstructions (0 = never)."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (the last step always saves)."""
+    keep_last: int = 2
+    """Newest complete checkpoints kept; older ones are deleted."""
+    output_dir: str = "runs/vqgan"
+    """Run folder: config.json, metrics.jsonl, tb/, checkpoints/, final/."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (CUDA if available), "cpu" or "cuda"."""
     init: str = ""
     """Optional starting weights: a save_pretrained folder or a taming-transformers .ckpt."""
+    timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
 
 
 @dataclass
@@ -152,7 +162,8 @@ class VQGANTrainingConfig:
     model: VQGANConfig = field(default_factory=VQGANConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: VQGANOptimConfig = field(default_factory=VQGANOptimConfig)
+    trainer: VQGANTrainerConfig = field(default_factory=VQGANTrainerConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> VQGANTrainingConfig:
@@ -160,10 +171,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw = typed_config.merge(typed_config.read_file(path) if path else {},
                              typed_config.parse_overrides(overrides or []))
     preset = VQGANConfig.from_preset(raw.get("preset", VQGANTrainingConfig.preset))
-    config = typed_config.load(VQGANTrainingConfig, path, overrides, base={"model": typed_config.to_dict(preset)})
-    if config.train.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be fp32 or bf16, got {config.train.precision!r}")
-    return config
+    return typed_config.load(VQGANTrainingConfig, path, overrides, base={"model": typed_config.to_dict(preset)})
 
 
 # ----------------------------------------------------------------------------- data
@@ -182,6 +190,15 @@ def list_inputs(paths: list[str], modality: str, rows_per_unit: int) -> list[tup
         else:
             files.append(path)
     return [(unit, modality) for unit in list_units(files, rows_per_unit)]
+
+
+def training_units(data: DataConfig) -> list[tuple[InputUnit, str]]:
+    """(unit, modality) of every image and video input the config names."""
+    units = (list_inputs(data.paths, "image", data.rows_per_unit)
+             + list_inputs(data.video_paths, "video", data.rows_per_unit))
+    if not units:
+        raise ValueError("no training data: set data.paths (images) and/or data.video_paths (videos)")
+    return units
 
 
 def read_frames(unit: InputUnit, modality: str, resolution: int, sampling: ClipSampling
@@ -259,14 +276,6 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
-
-
-def lr_multiplier(train: TrainConfig, step: int) -> float:
-    """Learning-rate factor at `step` (a pure function of the step, so a resume needs no scheduler state)."""
-    if train.lr_decay == "constant":
-        return 1.0
-    progress = min(step / max(1, train.steps - 1), 1.0)
-    return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | None, opt_g: torch.optim.Optimizer,
@@ -348,60 +357,36 @@ def restart_dead_codes(vqgan: VQGAN, images: torch.Tensor, min_count: int) -> tu
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(run: "Run", step: int) -> Path:
-    """Write checkpoints/step_XXXXXXXX atomically (rank 0 writes; every rank sends its RNG state)."""
+    """Collective: every rank sends its RNG state; rank 0 writes the tag, its completion marker last."""
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     usage = summed_usage(run.vqgan_raw).cpu()
     states = [None] * run.world
-    if run.world > 1:
-        dist.all_gather_object(states, rng)
-    else:
-        states = [rng]
+    dist.all_gather_object(states, rng)
+    folder = checkpoint.checkpoint_dir(run.cfg.trainer.output_dir) / checkpoint.tag_for(step)
     if run.rank == 0:
-        root = Path(run.cfg.train.out_dir) / "checkpoints"
-        final = root / f"step_{step:08d}"
-        tmp = root / f".step_{step:08d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        run.vqgan_raw.save_pretrained(tmp / "vqgan")
+        remove(folder)  # an incomplete tag of an interrupted run
+        folder.mkdir(parents=True)
+        run.vqgan_raw.save_pretrained(folder / "vqgan")
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(run.disc).state_dict().items()},
-                  tmp / "discriminator.safetensors")
-        torch.save({"step": step, "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
-                    "usage": usage, "rng": states}, tmp / "train_state.pt")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(typed_config.to_dict(run.cfg), sort_keys=False))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (root / "latest.tmp").write_text(final.name + "\n")
-        os.replace(root / "latest.tmp", root / "latest")
-        for old in sorted(root.glob("step_*"))[:-run.cfg.train.keep_checkpoints]:
-            shutil.rmtree(old)
-    if run.world > 1:
-        dist.barrier()
-    return Path(run.cfg.train.out_dir) / "checkpoints" / f"step_{step:08d}"
-
-
-def resolve_checkpoint(resume: str, out_dir: str) -> Path:
-    """`resume` is a checkpoint folder, or "latest" for the newest under out_dir."""
-    if resume != "latest":
-        return Path(resume)
-    pointer = Path(out_dir) / "checkpoints" / "latest"
-    if not pointer.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint under {pointer.parent} (no 'latest' file)")
-    return pointer.parent / pointer.read_text().strip()
+                  folder / "discriminator.safetensors")
+        torch.save({"opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(), "usage": usage, "rng": states},
+                   folder / "train_state.pt")
+        checkpoint.mark_complete(folder, {"step": step}, typed_config.to_dict(run.cfg), run.cfg.trainer.keep_last)
+    dist.barrier()
+    return folder
 
 
 def load_checkpoint(run: "Run", folder: Path) -> int:
     """Restore weights, optimizers, code usage and RNG; refuse a checkpoint of another model. Returns the step."""
-    if not (folder / "train_state.pt").is_file():
-        raise FileNotFoundError(f"{folder} is not a complete VQ-GAN checkpoint (no train_state.pt)")
-    saved = yaml.safe_load((folder / "config.yaml").read_text())["model"]
-    current = typed_config.to_dict(run.cfg.model)
+    marker = checkpoint.read_marker(folder)
+    saved, current = marker["config"]["model"], typed_config.to_dict(run.cfg.model)
     differing = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in current.items() if saved.get(k) != v]
     if differing:
         raise ValueError(f"refusing to resume from {folder}: the model config differs ({'; '.join(differing)})")
     vqgan = VQGAN.from_pretrained(folder / "vqgan")
     run.vqgan_raw.load_state_dict(vqgan.state_dict())
     load_checked(unwrap(run.disc), load_file(folder / "discriminator.safetensors"), str(folder / "discriminator.safetensors"))
-    state = load_torch_checkpoint(folder / "train_state.pt")  # weights_only; says so when truncated
+    state = load_torch(folder / "train_state.pt")  # weights_only; says so when truncated
     run.opt_g.load_state_dict(state["opt_g"])
     run.opt_d.load_state_dict(state["opt_d"])
     if run.rank == 0:  # the counts were summed over ranks when saved; rank 0 carries them
@@ -410,7 +395,7 @@ def load_checkpoint(run: "Run", folder: Path) -> int:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return state["step"]
+    return marker["state"]["step"]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -430,28 +415,14 @@ class Run:
     opt_d: torch.optim.Optimizer
 
 
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
 def build_run(cfg: VQGANTrainingConfig) -> Run:
-    rank, world, device = setup_distributed(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    if cfg.train.init:
-        init = Path(cfg.train.init)
+    rank, world, device = init_distributed(cfg.trainer.device, cfg.trainer.timeout_s)
+    torch.manual_seed(cfg.trainer.seed)  # same initial weights on every rank
+    if cfg.trainer.init:
+        init = Path(cfg.trainer.init)
         vqgan = VQGAN.from_pretrained(init) if init.is_dir() else VQGAN.from_taming(init, config=cfg.model)
         if vqgan.config != cfg.model:
-            raise ValueError(f"train.init {init} holds a {vqgan.config}, but the config asks for {cfg.model}")
+            raise ValueError(f"trainer.init {init} holds a {vqgan.config}, but the config asks for {cfg.model}")
     else:
         vqgan = VQGAN(cfg.model)
     disc = PatchDiscriminator(cfg.model.out_channels, cfg.loss.disc_channels, cfg.loss.disc_layers)
@@ -459,9 +430,9 @@ def build_run(cfg: VQGANTrainingConfig) -> Run:
     lpips = load_lpips(cfg.loss.lpips_weights) if cfg.loss.perceptual_weight > 0 else None
     if lpips is not None:
         lpips = lpips.to(device)
-    opt_g = torch.optim.Adam(vqgan.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.train.disc_lr, betas=cfg.train.betas)
-    torch.manual_seed(cfg.train.seed + rank)  # per-rank randomness from here on
+    opt_g = build_optimizer(vqgan, cfg.optim, device)
+    opt_d = build_optimizer(disc, cfg.optim, device, lr=cfg.optim.disc_lr)
+    torch.manual_seed(cfg.trainer.seed + rank)  # per-rank randomness from here on
     wrapped_vqgan, wrapped_disc = vqgan, disc
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -480,74 +451,64 @@ def reconstruction_grid(images: torch.Tensor, rec: torch.Tensor, n: int = 8) -> 
 
 def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, float]:
     """Train, checkpoint and save; returns the summary (also printed as one line)."""
+    trainer, optim = cfg.trainer, cfg.optim
+    resume_dir = checkpoint.resolve(resume, trainer.output_dir)
     run = build_run(cfg)
-    out = Path(cfg.train.out_dir)
+    out = Path(trainer.output_dir)
     start = 0
-    if resume:
-        folder = resolve_checkpoint(resume, cfg.train.out_dir)
-        start = load_checkpoint(run, folder)
+    if resume_dir is not None:
+        start = load_checkpoint(run, resume_dir)
         if run.rank == 0:
-            log.info("resumed from %s at step %d", folder, start)
+            log.info("resumed from %s at step %d", resume_dir, start)
+    elif resume == "auto" and run.rank == 0:
+        log.info("--resume auto: no checkpoint in %s, starting fresh", checkpoint.checkpoint_dir(out))
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(typed_config.to_dict(cfg), sort_keys=False))
-    units = (list_inputs(cfg.data.paths, "image", cfg.data.rows_per_unit)
-             + list_inputs(cfg.data.video_paths, "video", cfg.data.rows_per_unit))
-    if not units:
-        raise ValueError("no training data: set data.paths (images) and/or data.video_paths (videos)")
+        atomic_write(out / "config.json", json.dumps(typed_config.to_dict(cfg), indent=1))
+    units = training_units(cfg.data)
     sampling = ClipSampling(num_frames=cfg.data.clip_frames, fps=cfg.data.clip_fps)
     stream = FrameStream(units, cfg.model.resolution, sampling, run.rank, run.world,
-                         cfg.train.seed * 1_000_003 + start, cfg.data.flip, cfg.data.shuffle_buffer)
-    batches = iter(DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                         trainer.seed * 1_000_003 + start, cfg.data.flip, cfg.data.shuffle_buffer)
+    batches = iter(DataLoader(stream, batch_size=trainer.batch_size, num_workers=cfg.data.num_workers,
                               persistent_workers=cfg.data.num_workers > 0))
-    writer = SummaryWriter(str(out / "tensorboard")) if run.rank == 0 else None
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=run.rank != 0, desc="vqgan", unit="step")
-    started, metrics, usage = time.time(), {}, float("nan")
-    for step in range(start, cfg.train.steps):
+    logger = MetricLogger(out, start, trainer.steps, trainer.log_every, run.rank == 0, desc="vqgan",
+                          show=("loss", "psnr", "codebook_usage"))
+    schedule = lr_multiplier(optim, trainer.steps)
+    metrics, usage = {}, float("nan")
+    for step in range(start, trainer.steps):
         images = next(batches).to(run.device, non_blocking=True)
-        multiplier = lr_multiplier(cfg.train, step)
-        for optimizer, lr in ((run.opt_g, cfg.train.lr), (run.opt_d, cfg.train.disc_lr)):
+        for optimizer, lr in ((run.opt_g, optim.lr), (run.opt_d, optim.disc_lr)):
             for group in optimizer.param_groups:
-                group["lr"] = lr * multiplier
+                group["lr"] = lr * schedule(step)
         run.vqgan.train()
         run.disc.train()
         metrics = train_step(run.vqgan, run.disc, run.lpips, run.opt_g, run.opt_d, images, step, cfg.loss,
-                             cfg.train.grad_clip, bf16=cfg.train.precision == "bf16")
+                             optim.grad_clip, bf16=trainer.precision == "bf16")
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss became {metrics['loss']} at step {step} (last checkpoint: "
-                                     f"{out / 'checkpoints'}); lower train.lr or check the data")
+                                     f"{checkpoint.checkpoint_dir(out)}); lower optim.lr or check the data")
         done = step + 1
-        if cfg.train.restart_every and done % cfg.train.restart_every == 0:
-            usage, revived = restart_dead_codes(run.vqgan_raw, images, cfg.train.restart_min_count)
+        if trainer.restart_every and done % trainer.restart_every == 0:
+            usage, revived = restart_dead_codes(run.vqgan_raw, images, trainer.restart_min_count)
             metrics.update(codebook_usage=usage, codes_restarted=revived)
-        if writer and (done % cfg.train.log_every == 0 or "codebook_usage" in metrics):
-            for name, value in metrics.items():
-                writer.add_scalar(f"train/{name}", value, done)
-            writer.add_scalar("train/images_per_s", (done - start) * cfg.train.batch_size * run.world
-                              / (time.time() - started), done)
-        if writer and done % cfg.train.image_every == 0:
+        logger.log_step(done, {**metrics, "lr": optim.lr * schedule(step)},
+                        {"images": trainer.batch_size * run.world})
+        if run.rank == 0 and trainer.sample_every and done % trainer.sample_every == 0:
             run.vqgan_raw.eval()
             with torch.no_grad():
                 rec = run.vqgan_raw(images[:8])[0]
-            writer.add_image("reconstructions", reconstruction_grid(images, rec), done)
-        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
-            save_checkpoint(run, done)
-        bar.update()
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", psnr=f"{metrics['psnr']:.1f}",
-                        usage="-" if math.isnan(usage) else f"{usage:.0%}")
-    bar.close()
-    if not (cfg.train.restart_every and cfg.train.steps % cfg.train.restart_every == 0):
+            logger.log_images(done, {"reconstructions": reconstruction_grid(images, rec)[None]})
+        if done % trainer.checkpoint_every == 0 or done == trainer.steps:
+            logger.log_event(f"saved {save_checkpoint(run, done)}")
+    summary_line = logger.close()
+    if not (trainer.restart_every and trainer.steps % trainer.restart_every == 0):
         usage = (summed_usage(run.vqgan_raw) > 0).float().mean().item()  # since the last restart
-    summary = {"steps": cfg.train.steps, "seconds": time.time() - started, "psnr": metrics.get("psnr", float("nan")),
-               "codebook_usage": usage}
+    summary = {"steps": trainer.steps, "seconds": time.perf_counter() - logger.start_time,
+               "psnr": metrics.get("psnr", float("nan")), "codebook_usage": usage, "summary": summary_line}
     if run.rank == 0:
         run.vqgan_raw.save_pretrained(out / "final")
         summary["fingerprint"] = run.vqgan_raw.fingerprint()
-        images_seen = (cfg.train.steps - start) * cfg.train.batch_size * run.world
-        print(f"train_vqgan: {cfg.train.steps - start} steps ({images_seen} images) in {summary['seconds']:.0f}s, "
-              f"last-batch PSNR {summary['psnr']:.2f} dB, codebook usage {usage:.1%} → {out / 'final'} "
+        print(f"train_vqgan: last-batch PSNR {summary['psnr']:.2f} dB, codebook usage {usage:.1%} → {out / 'final'} "
               f"(fingerprint {summary['fingerprint']})")
-        writer.close()
-    if run.world > 1:
-        dist.destroy_process_group()
+    dist.destroy_process_group()
     return summary

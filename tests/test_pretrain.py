@@ -20,7 +20,7 @@ from pretrain.data import (TASK_MODALITY, GlobalOrderSampler, MultiTaskData, Str
                            caption_dropped, open_shards, roll_shifts, task_at)
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
-from pretrain.trainer import free_port
+from pretrain.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_shards_that_contradict_the_model_are_refused(code_shards, tmp_path):
 
 
 def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--resume .*nowhere: no such file"):
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nowhere: no such folder"):
         checkpoint.resolve(tmp_path / "nowhere", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
@@ -217,7 +217,7 @@ def test_bad_resume_paths_and_checkpoints_are_refused(code_shards, tmp_path):
     with pytest.raises(ValueError, match="another model config: width: 32 in the checkpoint, 64 now"):
         checkpoint.check_same_model({"width": 32, "heads": 2}, {"width": 64, "heads": 2}, tmp_path)
     proc = launch(["--config", write_config(tmp_path, code_shards, name="r"), "--resume", tmp_path / "nowhere"])
-    assert proc.returncode == 1 and "no such file or folder" in proc.stderr.splitlines()[-1]
+    assert proc.returncode == 1 and "no such folder" in proc.stderr.splitlines()[-1]
     missing = write_config(tmp_path, code_shards, name="m")
     proc = launch(["--config", missing, "--data.video_shards", tmp_path / "none"])
     assert proc.returncode == 1 and "manifest.json not found" in proc.stderr.splitlines()[-1]

@@ -16,7 +16,9 @@ from PIL import Image
 from model.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from model.vqgan import VQGAN, VQGANConfig, VectorQuantizer, infer_taming_config
 from preprocess.readers import ClipSampling
-from pretrain.vqgan_trainer import (LossConfig, list_inputs, load_config, lr_multiplier, psnr, read_frames,
+from pretrain.checkpoint import complete_tags, read_marker
+from pretrain.optim import lr_multiplier
+from pretrain.vqgan_trainer import (LossConfig, list_inputs, load_config, psnr, read_frames,
                                     restart_dead_codes, train, train_step)
 from tools.make_demo_data import caption, encode_mp4, random_spec, render_frame, render_video
 
@@ -495,35 +497,37 @@ def test_train_vqgan_end_to_end_and_resume(tmp_path, caplog):
         rows.append({"path": f"{i:02d}.png", "caption": "a shape"})
     (folder / "index.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     overrides = ["--data.paths", f"[{folder}]", "--data.num_workers", "0", "--data.shuffle_buffer", "4",
-                 "--train.batch_size", "2", "--train.ckpt_every", "2", "--train.restart_every", "2",
-                 "--train.out_dir", str(tmp_path / "run"), "--loss.perceptual_weight", "0",
-                 "--loss.disc_start", "1", "--loss.disc_layers", "2", "--train.log_every", "1",
-                 "--train.image_every", "2", "--train.lr", "1e-3", "--train.lr_decay", "cosine",
-                 "--train.min_lr_ratio", "0.1"]
+                 "--trainer.batch_size", "2", "--trainer.checkpoint_every", "2", "--trainer.restart_every", "2",
+                 "--trainer.output_dir", str(tmp_path / "run"), "--loss.perceptual_weight", "0",
+                 "--loss.disc_start", "1", "--loss.disc_layers", "2", "--trainer.log_every", "1",
+                 "--trainer.sample_every", "2", "--optim.lr", "1e-3", "--optim.decay", "cosine",
+                 "--optim.min_lr_ratio", "0.1"]
     for key, value in SMALL.items():
         overrides += [f"--model.{key}", json.dumps(list(value) if isinstance(value, tuple) else value)]
-    summary = train(load_config(None, overrides + ["--train.steps", "2"]))
+    summary = train(load_config(None, overrides + ["--trainer.steps", "2"]), resume="auto")  # nothing yet: fresh
     assert summary["steps"] == 2 and math.isfinite(summary["psnr"])
     assert "skipping broken.jpg" in caplog.text and "corrupt_image" in caplog.text
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert (checkpoints / "latest").read_text().strip() == "step_00000002"
-    assert sorted(p.name for p in (checkpoints / "step_00000002").iterdir()) == [
-        "config.yaml", "discriminator.safetensors", "train_state.pt", "vqgan"]
+    assert [t.name for t in complete_tags(checkpoints)] == ["step-00000002"]
+    assert sorted(p.name for p in (checkpoints / "step-00000002").iterdir()) == [
+        "discriminator.safetensors", "train_state.pt", "trainer_state.json", "vqgan"]
 
-    train(load_config(None, overrides + ["--train.steps", "4"]), resume="latest")
-    state = torch.load(checkpoints / "step_00000004" / "train_state.pt", weights_only=True)
-    assert state["step"] == 4
+    train(load_config(None, overrides + ["--trainer.steps", "4"]), resume="auto")
+    assert read_marker(checkpoints / "step-00000004")["state"] == {"step": 4}
+    state = torch.load(checkpoints / "step-00000004" / "train_state.pt", weights_only=True)
     assert all(s["step"] == 4 for s in state["opt_g"]["state"].values())  # Adam continued from step 2
     # cosine decay: the last step (index 3 of 4) runs at min_lr_ratio × lr, the discriminator's too
     assert [state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")] == pytest.approx([1e-4, 1e-5])
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000002", "step_00000004"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002", "step-00000004"]
     final = VQGAN.from_pretrained(tmp_path / "run" / "final")
-    assert final.fingerprint() == VQGAN.from_pretrained(checkpoints / "step_00000004" / "vqgan").fingerprint()
+    assert final.fingerprint() == VQGAN.from_pretrained(checkpoints / "step-00000004" / "vqgan").fingerprint()
     assert final.config == VQGANConfig.from_preset("tiny", **SMALL)
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and all(math.isfinite(r["psnr"]) for r in logged)
 
     with pytest.raises(ValueError, match="refusing to resume .*ch: checkpoint 16 vs config 32"):
-        train(load_config(None, overrides + ["--train.steps", "6", "--model.ch", "32"]), resume="latest")
+        train(load_config(None, overrides + ["--trainer.steps", "6", "--model.ch", "32"]), resume="auto")
 
 
 def test_video_frames_become_training_images(tmp_path):
@@ -542,16 +546,16 @@ def test_video_frames_become_training_images(tmp_path):
 
 
 def test_lr_decay_is_a_function_of_the_step():
-    config = load_config(None, ["--train.steps", "101", "--train.lr_decay", "cosine", "--train.min_lr_ratio", "0.2"])
-    assert [lr_multiplier(config.train, s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.6, 0.2])
-    assert lr_multiplier(load_config(None, ["--train.steps", "101"]).train, 100) == 1.0  # taming's constant
+    config = load_config(None, ["--trainer.steps", "101", "--optim.decay", "cosine", "--optim.min_lr_ratio", "0.2"])
+    assert [lr_multiplier(config.optim, 101)(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.6, 0.2])
+    assert lr_multiplier(load_config(None, ["--trainer.steps", "101"]).optim, 101)(100) == 1.0  # taming's constant
 
 
 def test_config_rejects_unknown_keys_and_reads_presets(tmp_path):
     config = load_config(None, ["--preset", "f8", "--model.codebook_size", "8192"])
     assert config.model == VQGANConfig.from_preset("f8", codebook_size=8192)
-    (tmp_path / "c.yaml").write_text("preset: tiny\ntrain:\n  stpes: 3\n")
-    with pytest.raises(ValueError, match="unknown config key.*train.stpes"):
+    (tmp_path / "c.yaml").write_text("preset: tiny\ntrainer:\n  stpes: 3\n")
+    with pytest.raises(ValueError, match="unknown config key.*trainer.stpes"):
         load_config(tmp_path / "c.yaml")
 
 

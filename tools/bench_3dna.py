@@ -4,7 +4,7 @@ Forward + backward, causal, one <bos> global key, batch 1. Prints time and peak 
 side, and the ratios to the reference. On CPU the backends are reference and blocked (peak live
 tensor bytes); on CUDA also flex (peak allocated bytes).
 
-    python tools/bench_3dna.py                      # the README table (CPU)
+    python tools/bench_3dna.py                      # the CPU table in docs/benchmarks.md
     python tools/bench_3dna.py --device cuda --heads 20 --dtype bf16 --frames 1 10 20 40
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark sampling: KV-cached decoding (each new token reads its 3DNA window) vs recomputing
 the whole decoder for every token. Same model, seed and tokens; prints tokens/s side by side.
 
-    python tools/bench_sampling.py                   # the README table
+    python tools/bench_sampling.py                   # the CPU table in docs/benchmarks.md
     python tools/bench_sampling.py --width 256 --grid 8 --frames 1 4
     python tools/bench_sampling.py --device cuda --frames 1 4
 """

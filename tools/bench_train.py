@@ -1,7 +1,7 @@
 """Training throughput: tokens/s of a forward+backward+AdamW step, the model with 3DNA (the blocked
 backend; on CUDA also flex) beside the same model with dense masked attention (the reference).
 
-    python tools/bench_train.py                   # the README table (CPU)
+    python tools/bench_train.py                   # the CPU table in docs/benchmarks.md
     python tools/bench_train.py --configs mid --steps 5
     python tools/bench_train.py --device cuda --dtype bf16 --configs mid paper
 """

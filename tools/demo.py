@@ -25,13 +25,14 @@ import numpy as np
 import torch
 import yaml
 
+from model import typed_config
 from model.pretrained import load_pretrained
 from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
 from model.vqgan import VQGAN
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
-from pretrain.trainer import free_port
+from pretrain.distributed import free_port
 from tools.learning_check import (PALETTE_NAMES, caption_words, chance_p_value, match_rate, motion_direction,
                                   object_colour, palette_through)
 from tools.make_demo_data import COLOURS, DIRECTIONS
@@ -87,35 +88,11 @@ class Demo:
                                    "--vocab-size", 128], self.tokenizer)
 
     def train_vqgan(self):
-        # 64 codes, not the preset's 512, and 16 base channels, not 32: flat shapes need few codes and
-        # little width. Fewer codes draw the same content with fewer near-duplicates, which the generator
-        # would otherwise have to learn to predict (16 channels with 128 codes: 22.3 vs 18.9 distinct codes
-        # per clip frame and the learning check at chance); half the width halves a step (0.27 vs 0.53 s),
-        # which pays for 1,000 steps. The demo's frames wrap around their edges, so circular padding fits
-        # them: a shape moved by one code keeps its codes (84% of a clip's codes follow the motion
-        # exactly, 34% with zero padding). No attention and a per-pixel norm in the encoder: a code then
-        # depends only on pixels within the convolutions' reach (about 10 codes, which at 64 px is still the
-        # whole frame) and on no map-wide statistics, so a plain background far from the shape takes one main
-        # code (57-77% of such cells, 19-28% with attention and GroupNorm) and the generator has fewer
-        # look-alike codes to choose between (same pre-training: T2I colour 52% vs 33%, T2V colour 32% vs 15%).
-        # No ResnetBlocks in the encoder's levels and no encoder middle block: a code sees about one code
-        # around it instead of ten. Same PSNR (25.7 vs 25.4 dB), VQ-GAN training 93 s instead of 203 s and
-        # tokenization 17 s instead of 68 s, and the generator reads the caption's motion better (same
-        # 1,800 steps: teacher-forced loss of frame 1 0.76 vs 0.98 nats per code); the time saved pays
-        # for 2,400 pre-training steps instead of 1,800 (T2V direction 42% vs 27% of 60 captions).
-        config = {"preset": "tiny", "model": {"codebook_size": 64, "padding_mode": "circular", "ch": 16,
-                                              "attn_levels": [], "mid_attention": False, "encoder_norm": "pixel",
-                                              "ch_mult": [1, 1, 1, 1], "num_res_blocks": 0, "encoder_middle": False},
-                  "data": {"paths": [str(self.data / "images" / "train")], "num_workers": 1},
-                  # At demo scale: LPIPS (a VGG16) costs 4× the tiny VQ-GAN's step on a CPU and the GAN
-                  # phase lowered PSNR, so both are off; squared error teaches the small objects' colours
-                  # faster than L1, and a cosine-decayed lr settles the codebook (held-out colour word
-                  # kept 95% after 800 steps, 61% at a constant lr after 1,100).
-                  "loss": {"perceptual_weight": 0.0, "pixel_loss": "l2", "disc_start": self.size.vqgan_steps},
-                  "train": {"steps": self.size.vqgan_steps, "batch_size": 8, "lr": 1e-3, "lr_decay": "cosine",
-                            "restart_every": 50,
-                            "out_dir": str(self.vqgan.parent), "log_every": 50, "image_every": 500,
-                            "ckpt_every": self.size.vqgan_steps}}
+        """configs/vqgan-demo.yaml (its comments say why each setting) on the demo's training images."""
+        steps = self.size.vqgan_steps
+        config = typed_config.merge(typed_config.read_file(ROOT / "configs" / "vqgan-demo.yaml"), {
+            "data": {"paths": [str(self.data / "images" / "train")]}, "loss": {"disc_start": steps},
+            "trainer": {"steps": steps, "checkpoint_every": steps, "output_dir": str(self.vqgan.parent)}})
         path = self.write_yaml("vqgan.yaml", config)
         self.command("vqgan", [sys.executable, "pretrain/train_vqgan.py", "--config", path], self.vqgan / "config.json")
 
@@ -133,22 +110,16 @@ class Demo:
     def pretrain(self):
         vqgan = VQGAN.from_pretrained(self.vqgan)
         steps = self.size.pretrain_steps
-        # The figures below were measured with the earlier 12-fps clips. Rotary encoding (model.rotary) on
-        # top of the paper's position tables: a shape's motion is one offset in the 3×3×3 window, which a
-        # query then learns as one direction (same tokens seen, held-out T2V accuracy on frames 2+ 0.56 vs
-        # 0.50). 8 heads, not the preset's 4, at the same width: following a motion takes one head per
-        # window offset; with 4 the direction word was never read (swapping it raised the held-out loss of
-        # frame 1 by 0.006 nats per code, with 8 by 0.035, T2I colour 38% → 54% of 100 held-out captions)
-        # for ~15% longer steps.
-        # The demo's frames are tori (shapes leave on one side and come back on the other), and three settings
-        # follow from that. Wrapped windows (model.spatial_wrap): with windows cut at the border, the part of a
-        # shape coming back in is outside every window and must be guessed. Rolled clips (data.roll_videos):
-        # a clip rolled by whole codes is another clip of the data, so the model cannot memorise where each
-        # clip's shape is (wrapped 3×3 windows: held-out frames 2+ cost 0.52 nats per code without it, 0.31
-        # with it). 5×5 windows instead of the paper's 3×3 at the same speed: with 2 decoder
-        # layers a 3×3 window lets a code see two code rows back, less than a large shape. Measured together
-        # on the committed data and codes (100 held-out images, 200 held-out clips; README): T2I colour 87%
-        # vs 66%, T2V colour / direction 56% / 43.5% vs 51% / 33.5%, V2V 36% / 65.5% vs 27% / 47.5%.
+        # Why each setting (docs/demo.md has the measurements). Rotary encoding (model.rotary) on top of the
+        # paper's position tables: a shape's motion is one offset in the window, which a query then learns
+        # as one direction. 8 heads, not the preset's 4, at the same width: following a motion takes one
+        # head per window offset. The frames are tori (shapes leave on one side and come back on the
+        # other), and three settings follow from that. Wrapped windows (model.spatial_wrap): with windows
+        # cut at the border, the part of a shape coming back in is outside every window and must be
+        # guessed. Rolled clips (data.roll_videos): a clip rolled by whole codes is another clip of the
+        # data, so the model cannot memorise where each clip's shape is. 5×5 windows instead of the
+        # paper's 3×3: with 2 decoder layers a 3×3 window lets a code see two code rows back, less than a
+        # large shape.
         config = {
             "model": {"preset": "tiny", "text_vocab_size": CaptionTokenizer(self.tokenizer).vocab_size,
                       "codebook_size": vqgan.config.codebook_size, "frames": 10, "rotary": True, "heads": 8,
@@ -159,9 +130,7 @@ class Demo:
                      "num_workers": 1, "caption_dropout": 0.1,  # for classifier-free guidance when sampling
                      "roll_videos": True,
                      # T2V drawn on 75% of the micro-steps: the direction word only matters where a clip's
-                     # second frame shows the first step of the motion, so T2V needs the most steps. Measured
-                     # on 10-fps clips (seed 0, 80 held-out clips), weights 1/0.5/4.5 against 1/1/3: swapping
-                     # the word raises frame 1's loss by 0.35 vs 0.01 nats per code, T2V direction 45% vs 32.5%.
+                     # second frame shows the first step of the motion, so T2V needs the most steps.
                      "schedule": [{"start_step": 0, "weights": {"t2i": 1.0, "v2v": 0.5, "t2v": 4.5}}]},
             "optim": {"lr": 2e-3},
             "trainer": {"steps": steps, "grad_accum": 1, "precision": "fp32", "ds_config": "ds_configs/cpu.json",

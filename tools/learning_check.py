@@ -31,7 +31,7 @@ def palette_through(vqgan: VQGAN) -> np.ndarray:
     Frames like the data's: a large circle of every colour on every background. Object colour: the
     mean decoded colour inside the circle, over the backgrounds; background colour: the mean decoded
     colour more than a code away from the circle, over the colours. (A plain frame is no sample of
-    the data: the demo's earlier 32-channel VQ-GAN drew a plain gray frame black.)"""
+    the data, and a VQ-GAN trained on shapes may draw it wrong.)"""
     size = vqgan.config.resolution
     frames, inside = [], []
     for name in COLOURS:

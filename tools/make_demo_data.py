@@ -6,10 +6,10 @@ moves at constant speed in one direction and wraps around the edges (what leaves
 comes back on the right), so a clip of any length shows clear motion. The default speed moves
 it 8 px per frame of a 2.5-fps clip at 64 px: one VQ code of the demo's f8 tokenizer, a motion
 a tiny generator can learn in minutes. The videos run at 10 fps, a multiple of 2.5, so that
-every sampled frame lies exactly 8 px on: at 12 fps the clip's frames fall 4 or 5 video frames
-apart (6.7 or 8.3 px), and through the demo's VQ-GAN 70% of a shape's codes are the previous
-frame's codes shifted by one, against 93% at 10 fps. The vocabulary is exposed as module
-constants so that the demo's learning check measures colour and motion against the same words.
+every sampled frame lies exactly 8 px (one code) on and a moved shape keeps its codes; at other
+rates the clip's frames fall an uneven number of video frames apart (docs/demo.md). The vocabulary
+is exposed as module constants so that the demo's learning check measures colour and motion
+against the same words.
 
 Layout (what img2dataset / video2dataset write, plus a JSONL index per split)::
 
@@ -41,6 +41,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from model.storage import atomic_path, atomic_write
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -187,9 +189,9 @@ def make_sample(config: DemoDataConfig, kind: str, split: str, index: int) -> tu
 
 def write_tar(config: DemoDataConfig, kind: str, split: str, count: int, out: Path, tar_index: int) -> list[dict]:
     """Write tar `tar_index` of one split (samples_per_tar samples of `count`) atomically; return its index rows."""
-    final, tmp = out / f"{tar_index:05d}.tar", out / f".{tar_index:05d}.tar.tmp"
+    final = out / f"{tar_index:05d}.tar"
     rows = []
-    with wds.TarWriter(str(tmp), mtime=0.0) as writer:
+    with atomic_path(final) as tmp, wds.TarWriter(str(tmp), mtime=0.0) as writer:
         first = tar_index * config.samples_per_tar
         for index in range(first, min(first + config.samples_per_tar, count)):
             spec, media, ext = make_sample(config, kind, split, index)
@@ -201,7 +203,6 @@ def write_tar(config: DemoDataConfig, kind: str, split: str, count: int, out: Pa
                 meta.update(duration=config.video_seconds, fps=config.fps)
             writer.write({"__key__": key, ext: media, "txt": text, "json": json.dumps(meta, sort_keys=True)})
             rows.append({"key": key, "tar": final.name, "caption": text, **dataclasses.asdict(spec)})
-    os.replace(tmp, final)
     return rows
 
 
@@ -218,8 +219,7 @@ def write_split(config: DemoDataConfig, kind: str, split: str, count: int, folde
             index_rows += rows
             bar.update(len(rows))
     jsonl = folder / kind / f"{split}.jsonl"
-    jsonl.with_suffix(".tmp").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in index_rows))
-    os.replace(jsonl.with_suffix(".tmp"), jsonl)
+    atomic_write(jsonl, "".join(json.dumps(row, sort_keys=True) + "\n" for row in index_rows))
 
 
 def make_demo_data(config: DemoDataConfig, output: str | Path, workers: int = 1) -> dict:

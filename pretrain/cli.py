@@ -1,0 +1,51 @@
+"""The command line both trainers share: `--config FILE`, `--section.key value` overrides,
+`--resume auto|PATH`, `--dry-run`, a `--help` that lists every key, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+
+from model import typed_config
+from pretrain.checkpoint import CheckpointError
+
+MISTAKES = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, FloatingPointError)
+"""What a wrong config, path or checkpoint raises: said in one line, without a traceback."""
+
+
+def parse_args(doc: str, config_class: type, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(the trainer's own flags, the `--section.key value` overrides)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        epilog="config keys (set in the --config file or as --section.key value):\n"
+               + typed_config.help_text(typed_config.describe(config_class)))
+    parser.add_argument("--config", help="YAML or JSON config file (optional: defaults and overrides suffice)")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="'auto': the newest complete checkpoint of trainer.output_dir, or a fresh start when "
+                             "there is none; PATH: a checkpoint tag, checkpoints or run folder")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve the config, open the data, print what a run would do, and exit")
+    parser.add_argument("--world-size", type=int, help="ranks to plan a --dry-run for (default: WORLD_SIZE or 1)")
+    parser.add_argument("--gpus-per-node", type=int, help="ranks per node for a --dry-run (default: up to 8)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    return parser.parse_known_args(argv)
+
+
+def dry_run_world(args: argparse.Namespace) -> tuple[int, int]:
+    """(ranks, ranks per node) to plan for: the flags, else the launcher's environment, else one process."""
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
+    per_node = args.gpus_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", min(world, 8)))
+    if world > per_node and world % per_node:
+        raise ValueError(f"--world-size {world} is not a multiple of --gpus-per-node {per_node}")
+    return world, min(per_node, world)
+
+
+@contextmanager
+def mistakes_end_in_one_line(prog: str):
+    """Turn MISTAKES into `prog: error: …` on stderr and exit status 1."""
+    try:
+        yield
+    except MISTAKES as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,62 @@
+"""Process-group start-up for both trainers: under `deepspeed`, `torchrun`, `srun` (one task per
+rank), or plain `python` (a group of one), on CUDA (NCCL) or CPU (gloo)."""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a one-process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" (CUDA when available), "cuda" or "cpu"; CUDA is this process's LOCAL_RANK GPU."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def slurm_environment(environ: dict) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and MASTER_PORT for a task that `srun` started directly
+    (srun sets only SLURM_* variables); empty when a launcher set RANK or the step has one task."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", 1))
+    if "RANK" in environ or tasks <= 1:
+        return {}
+    if "MASTER_ADDR" not in environ:
+        raise ValueError(f"started by srun as one of {tasks} tasks, but MASTER_ADDR is not set: export "
+                         "MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) before srun")
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": environ["SLURM_LOCALID"],
+            "LOCAL_WORLD_SIZE": str(tasks // int(environ.get("SLURM_STEP_NUM_NODES", 1))),
+            "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> tuple[int, int, torch.device]:
+    """Join (or, for a plain `python` run, create) the process group; returns (rank, world size, device).
+
+    A collective that waits longer than `timeout_s` raises instead of hanging, so one failed rank
+    ends the others. CPU ranks on one machine split its cores between them unless OMP_NUM_THREADS says.
+    """
+    os.environ.update(slurm_environment(os.environ))
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    placed = pick_device(device)
+    if placed.type == "cuda":
+        torch.cuda.set_device(placed)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local_ranks = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if placed.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size(), placed

@@ -1,0 +1,55 @@
+"""README.md is the manual: its commands name scripts, flags and files that exist (the dry-runs they
+plan with run in test_configs.py), its links resolve, and it stays short."""
+import functools
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands() -> list[list[str]]:
+    """Every command of the README's code blocks, continuation lines joined and comments dropped."""
+    commands = []
+    for block in re.findall(r"```\n(.*?)```", README, re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        for line in text.splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(shlex.split(line))
+    return commands
+
+
+@functools.cache
+def help_text(script: str) -> str:
+    return subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=120).stdout
+
+
+def test_readme_is_short_and_its_links_resolve():
+    assert len(README.splitlines()) <= 150
+    for link in re.findall(r"\]\(([^)#]+)\)", README):
+        assert (ROOT / link).exists(), link
+    for name in re.findall(r"`(configs/[\w.-]+)`|(configs/[\w.-]+\.yaml)", README):
+        assert (ROOT / (name[0] or name[1])).is_file(), name
+
+
+def test_readme_commands_name_real_scripts_and_flags():
+    checked = 0
+    for command in readme_commands():
+        if command[:3] == ["python", "-m", "pytest"] or command[:2] == ["pip", "install"]:
+            continue
+        script = next(word for word in command if word.endswith(".py"))
+        assert (ROOT / script).is_file(), script
+        flags = [w.split("=")[0] for w in command[command.index(script) + 1:] if w.startswith("--")]
+        usage = help_text(script)
+        for flag in flags:
+            assert re.search(rf"{re.escape(flag)}\b", usage), f"{script} does not take {flag}"
+        for word in command:
+            if word.startswith(("configs/", "ds_configs/")):
+                assert (ROOT / word).is_file(), word
+        checked += 1
+    assert checked >= 9
