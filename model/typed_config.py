@@ -108,7 +108,7 @@ def _parse_scalar(text: str) -> Any:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """Turn `["--model.layers", "24", "--train.lr=1e-3"]` into a nested dict."""
+    """Turn `["--model.layers", "24", "--optim.lr=1e-3"]` into a nested dict."""
     nested: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -231,3 +231,11 @@ def help_text(keys: list[Key], width: int = 100) -> str:
         lines.append(f"  --{key.name} {key.type}  (default: {json.dumps(key.default)})")
         lines += textwrap.wrap(key.doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
+
+
+def check_at_least(config: Any, section: str, minimum: float, *names: str) -> None:
+    """Raise ValueError naming `section.name` when a field is below `minimum` (a value that cannot work)."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{section}.{name} must be at least {minimum}, got {value}")

@@ -10,7 +10,9 @@ any number of ranks).
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,12 +21,10 @@ import torch.distributed as dist
 
 from model.storage import atomic_write
 from pretrain.config import TASKS
+from pretrain.distributed import agree
+from pretrain.errors import MISTAKES, CheckpointError
 
 STATE_FILE = "trainer_state.json"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be resumed from: unreadable, truncated, or of another layout."""
 
 
 @dataclass
@@ -70,6 +70,9 @@ def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_l
     """Collective: every rank saves its shard; rank 0 then marks the tag complete and prunes old ones."""
     folder = checkpoint_dir(output_dir)
     tag = tag_for(state.step)
+    if dist.get_rank() == 0:  # a tag saved again (after a resume) reads incomplete until its new marker
+        (folder / tag / STATE_FILE).unlink(missing_ok=True)
+    dist.barrier()
     engine.save_checkpoint(str(folder), tag=tag, client_state={"trainer_state": asdict(state)})
     dist.barrier()
     if dist.get_rank() == 0:
@@ -113,6 +116,86 @@ def resolve(path: str | Path | None, output_dir: str | Path | None = None) -> Pa
     for folder in (path, path / "checkpoints", path.parent):
         refuse_legacy(folder)
     raise FileNotFoundError(f"checkpoint {path}: no complete checkpoint there (a tag folder holds {STATE_FILE})")
+
+
+RANK_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
+
+
+def whole(files: list[Path]) -> None:
+    """torch.save writes a zip whose directory is at its end: a cut file is not a zip."""
+    for file in files:
+        if not zipfile.is_zipfile(file):
+            raise CheckpointError(f"checkpoint file {file} is truncated or not a torch checkpoint; copy it again "
+                                  f"or use an earlier tag")
+
+
+def verify(tag: Path) -> dict:
+    """Check a tag before anything is loaded: its marker, DeepSpeed's files of every rank, and that each
+    torch file is whole. Returns the marker; raises CheckpointError naming what is wrong."""
+    marker = read_marker(tag)
+    names = sorted(p.name for p in tag.iterdir())
+    if is_universal(tag):
+        whole(sorted(tag.glob("*.pt")) + sorted((tag / "zero").rglob("*.pt")))
+        return marker
+    model = [n for n in names if n.endswith("_model_states.pt")]
+    optim = [n for n in names if n.endswith("_optim_states.pt")]
+    if not model or not optim:
+        lacking = " and ".join(kind for kind, files in (("*_model_states.pt", model), ("*_optim_states.pt", optim))
+                               if not files)
+        raise CheckpointError(f"checkpoint {tag} is missing DeepSpeed files: no {lacking} (it holds {names})")
+    whole([tag / name for name in model + optim])
+    ranks = {kind: {int(m[1]) for n in names if (m := RANK_FILE.match(n)) and m[2] == kind}
+             for kind in ("model", "optim")}
+    # Memory-mapped: only the pickled header is read, to learn how many ranks saved.
+    header = torch.load(tag / model[0], map_location="cpu", mmap=True, weights_only=False)
+    world = header.get("dp_world_size") or max(ranks["optim"], default=-1) + 1
+    for kind in ("optim", "model"):
+        if kind == "model" and not ranks["model"]:
+            continue  # ZeRO-1/2 write one model file for all ranks, ZeRO-3 one per rank
+        missing = sorted(set(range(world)) - ranks[kind])
+        if missing:
+            raise CheckpointError(f"checkpoint {tag} was saved by {world} ranks but the {kind} states of rank(s) "
+                                  f"{missing} are missing")
+    return marker
+
+
+def choose(resume: str | None, output_dir: str | Path, log) -> Path | None:
+    """Collective: the tag every rank resumes from, each rank having verified its files.
+
+    `auto` takes the newest complete tag that verifies on every rank, saying (through `log`) which
+    newer ones it skipped and why (it never deletes them); no complete tag at all is a fresh start,
+    complete tags of which none verifies are refused. A PATH that does not verify is refused. Either
+    way every rank takes the same decision.
+    """
+    if resume is None:
+        return None
+    if str(resume) != "auto":
+        tag = agree(lambda: resolve(resume, output_dir), MISTAKES)
+        agree(lambda: verify(tag), MISTAKES)
+        return tag
+    folder = checkpoint_dir(output_dir)
+
+    def newest_first() -> list[str]:
+        tags = complete_tags(folder)
+        if not tags:
+            refuse_legacy(folder)
+        return [t.name for t in reversed(tags)]
+
+    names = agree(newest_first, MISTAKES)
+    seen = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, names)
+    if any(other != names for other in seen):
+        raise CheckpointError(f"the ranks see different complete checkpoints in {folder}: {seen}")
+    for name in names:
+        try:
+            agree(lambda: verify(folder / name), MISTAKES)
+            return folder / name
+        except CheckpointError as e:
+            log(f"--resume auto: skipping {name} (kept on disk): {e}")
+    if names:
+        raise CheckpointError(f"--resume auto: none of the {len(names)} complete checkpoints in {folder} can be "
+                              f"loaded (see above); move them away to start fresh, or resume an earlier copy")
+    return None
 
 
 def read_marker(tag_dir: Path) -> dict:

@@ -7,11 +7,10 @@ import os
 import sys
 from contextlib import contextmanager
 
-from model import typed_config
-from pretrain.checkpoint import CheckpointError
+import torch.distributed as dist
 
-MISTAKES = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, FloatingPointError)
-"""What a wrong config, path or checkpoint raises: said in one line, without a traceback."""
+from model import typed_config
+from pretrain.errors import MISTAKES
 
 
 def parse_args(doc: str, config_class: type, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -41,11 +40,28 @@ def dry_run_world(args: argparse.Namespace) -> tuple[int, int]:
     return world, min(per_node, world)
 
 
+LOST_RANK = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out")
+"""How gloo and NCCL say, as a RuntimeError, that another rank died or a collective waited past its timeout."""
+
+
+def lost_contact(error: RuntimeError) -> bool:
+    return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            and (isinstance(error, dist.DistError) or any(words in str(error) for words in LOST_RANK)))
+
+
 @contextmanager
 def mistakes_end_in_one_line(prog: str):
-    """Turn MISTAKES into `prog: error: …` on stderr and exit status 1."""
+    """Turn MISTAKES into `prog: error: …` on stderr and exit status 1; so too a collective that fails
+    because another rank died (its own log says why) or waited past `trainer.timeout_s`."""
     try:
         yield
     except MISTAKES as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:
+        if not lost_contact(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{prog}: error: lost contact with the other ranks on rank {dist.get_rank()} (another rank failed: "
+              f"its log says why; or a collective waited past trainer.timeout_s): {first}", file=sys.stderr)
         sys.exit(1)

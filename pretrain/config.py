@@ -84,6 +84,9 @@ class TrainerConfig:
     """`skip` still stops after this many bad micro-batches in a row."""
     timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
+    peak_tflops: float = 0.0
+    """The hardware's peak TFLOP/s per rank for MFU; 0: from the table of known GPUs (model/flops.py), for
+    bf16/fp16 on CUDA (no MFU on CPU unless set)."""
 
 
 @dataclass
@@ -97,6 +100,23 @@ class PretrainConfig:
     in a file or `--model.preset` (recorded for conversion and sampling)."""
 
     def __post_init__(self):
+        trainer = self.trainer
+        typed_config.check_at_least(trainer, "trainer", 1, "steps", "grad_accum", "checkpoint_every", "log_every",
+                                    "max_consecutive_skips")
+        typed_config.check_at_least(trainer, "trainer", 0, "keep_last", "sample_every", "peak_tflops")
+        typed_config.check_at_least(trainer, "trainer", 1e-3, "timeout_s")
+        typed_config.check_at_least(self.data, "data", 0, "num_workers")
+        for stage in self.data.schedule:
+            negative = {t: w for t, w in stage.weights.items() if w < 0}
+            if negative:
+                raise ValueError(f"data.schedule: stage at step {stage.start_step} has negative weights {negative}")
+        starts = [stage.start_step for stage in self.data.schedule]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"data.schedule: start_step values must increase, got {starts}")
+        used = {t for stage in self.data.schedule for t, w in stage.weights.items() if w > 0}
+        small = {t: n for t, n in self.data.micro_batch.items() if t in used and n < 1}
+        if small:
+            raise ValueError(f"data.micro_batch: {small} for task(s) with a positive weight; each needs at least 1")
         if not 0 <= self.data.caption_dropout < 1:
             raise ValueError(f"data.caption_dropout must be in [0, 1), got {self.data.caption_dropout}")
         for stage in self.data.schedule:

@@ -16,52 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import torch
 
 from model import typed_config
 from model.config import NuwaConfig
 from model.pretrained import DTYPES, WEIGHTS, refuse_overwrite, save_state
 from preprocess.shards import ShardDataset
-from pretrain.checkpoint import STATE_FILE, CheckpointError, is_universal, read_marker, resolve
-
-RANK_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
-
-
-def check_files(tag: Path) -> dict:
-    """Refuse a tag with missing rank files or a truncated torch file; return its trainer marker."""
-    marker = read_marker(tag)
-    names = sorted(p.name for p in tag.iterdir())
-    model = [n for n in names if n.endswith("_model_states.pt")]
-    optim = [n for n in names if n.endswith("_optim_states.pt")]
-    if not model or not optim:
-        lacking = " and ".join(kind for kind, files in (("*_model_states.pt", model), ("*_optim_states.pt", optim))
-                               if not files)
-        raise CheckpointError(f"checkpoint {tag} is missing DeepSpeed files: no {lacking} (it holds {names})")
-    for name in model + optim:
-        if not zipfile.is_zipfile(tag / name):  # torch.save writes a zip; a cut file loses its directory
-            raise CheckpointError(f"checkpoint file {tag / name} is truncated or not a torch checkpoint; "
-                                  f"copy it again or convert an earlier tag")
-    ranks = {kind: {int(m[1]) for n in names if (m := RANK_FILE.match(n)) and m[2] == kind}
-             for kind in ("model", "optim")}
-    # Memory-mapped: only the pickled header is read, to learn how many ranks saved.
-    header = torch.load(tag / model[0], map_location="cpu", mmap=True, weights_only=False)
-    world = header.get("dp_world_size") or max(ranks["optim"], default=-1) + 1
-    for kind in ("optim", "model"):
-        if kind == "model" and not ranks["model"]:
-            continue  # ZeRO-1/2 write one model file for all ranks, ZeRO-3 one per rank
-        missing = sorted(set(range(world)) - ranks[kind])
-        if missing:
-            raise CheckpointError(f"checkpoint {tag} was saved by {world} ranks but the {kind} states of rank(s) "
-                                  f"{missing} are missing")
-    return marker
-
+from pretrain.checkpoint import STATE_FILE, CheckpointError, is_universal, read_marker, resolve, verify
 
 def identities(config: dict) -> dict:
     """Tokenizer and VQ-GAN identities of the run, from its shard manifests (None where unreadable)."""
@@ -92,7 +57,7 @@ def to_safetensors(checkpoint: str | Path, out: str | Path, dtype: str = "fp32",
     if is_universal(tag):
         raise CheckpointError(f"checkpoint {tag} is a universal checkpoint; convert the DeepSpeed checkpoint it was "
                               f"made from")
-    marker = check_files(tag)
+    marker = verify(tag)
     refuse_overwrite(out, force)
     config = marker["config"]
     model_config = typed_config.from_dict(NuwaConfig, config["model"])
@@ -123,7 +88,7 @@ def to_universal(checkpoint: str | Path, out: str | Path, force: bool = False, w
     tag, out = resolve(checkpoint), Path(out)
     if is_universal(tag):
         raise CheckpointError(f"checkpoint {tag} is already a universal checkpoint")
-    check_files(tag)
+    verify(tag)
     if out.exists() and out.resolve() == tag.resolve():
         raise FileExistsError(f"{out} is the checkpoint being converted; write the universal one elsewhere")
     if out.exists() and any(out.iterdir()):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -60,3 +63,21 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> tuple[i
         dist.init_process_group("nccl" if placed.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size(), placed
+
+
+def agree(fn: Callable[[], T], mistakes: tuple[type[Exception], ...]) -> T:
+    """Run `fn` on every rank and agree on the outcome: if it raised one of `mistakes` on any rank, every
+    rank raises the error of the lowest such rank (same type and message), so no rank goes on alone
+    into a collective that the others never join. Needs the process group."""
+    try:
+        result, failure = fn(), None
+    except mistakes as e:
+        result, failure = None, (type(e).__name__, str(e))
+    outcomes = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, failure)
+    failed = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome is not None]
+    if failed:
+        rank, (kind, message) = failed[0]
+        where = f" (rank {rank} of {len(outcomes)})" if len(outcomes) > 1 else ""
+        raise {cls.__name__: cls for cls in mistakes}[kind](message + where)
+    return result

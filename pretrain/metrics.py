@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 
 class MetricLogger:
-    """Rank 0 only: `metrics.jsonl` gets every step; TensorBoard (`tb/`) and the bar every `log_every` steps.
+    """Rank 0 only: `metrics.jsonl` gets every step (scalars and counts); TensorBoard (`tb/`) and the bar
+    every `log_every` steps.
 
     A step logs scalars (averaged over the `log_every` window in TensorBoard) and counts (summed, and
     shown as rates: `throughput/{name}_per_s`). The bar shows the scalars named in `show` and the rate
@@ -43,7 +44,7 @@ class MetricLogger:
             self.totals[name] += n
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.write(json.dumps({"step": step, **scalars, **counts}) + "\n")
         self.jsonl.flush()
         for key, value in scalars.items():
             if value is not None:
@@ -80,6 +81,13 @@ class MetricLogger:
     def log_event(self, message: str):
         if self.enabled:
             self.bar.write(message)
+
+    def abort(self):
+        """Close the bar and the writers without a summary (the run failed; its error comes next)."""
+        if self.enabled:
+            self.bar.close()
+            self.tensorboard.close()
+            self.jsonl.close()
 
     def close(self) -> str:
         """Closes the writers and returns the summary line (also printed on rank 0)."""

@@ -7,6 +7,8 @@ from typing import Callable, Literal
 
 import torch
 
+from model import typed_config
+
 
 @dataclass
 class OptimConfig:
@@ -29,6 +31,13 @@ class OptimConfig:
     def __post_init__(self):
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
+        typed_config.check_at_least(self, "optim", 0, "weight_decay", "grad_clip")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
 
 
 def lr_multiplier(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import signal
+import time
 from pathlib import Path
 
 import deepspeed
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from model.flops import peak_tflops, training_flops
 from model.nuwa import Nuwa
 from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
@@ -23,8 +26,9 @@ from model.vqgan import VQGAN
 from preprocess.readers import model_to_uint8
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig
-from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, tokens_per_sample
-from pretrain.distributed import init_distributed
+from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
+from pretrain.distributed import agree, init_distributed
+from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
 from pretrain.optim import build_optimizer, lr_multiplier
 
@@ -109,16 +113,17 @@ class Trainer:
     def __init__(self, config: PretrainConfig, resume: str | None = None):
         self.config = config
         cfg, trainer = config, config.trainer
-        resume_dir = checkpoint.resolve(resume, trainer.output_dir)
-        if resume_dir is not None:  # refuse a foreign checkpoint before building anything
-            checkpoint.check_same_model(checkpoint.read_marker(resume_dir)["config"]["model"], cfg.model.to_dict(),
-                                        resume_dir)
-        shards, self.datasets = open_datasets(cfg)
-        self.tasks = set(self.datasets)
-        self.tokens_per_sample = {t: tokens_per_sample(cfg, t) for t in self.tasks}
-
         self.rank, self.world_size, self.device = init_distributed(timeout_s=trainer.timeout_s)
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        # Every decision that could differ by rank is agreed (pretrain/distributed.py's `agree`).
+        shards, self.datasets = agree(lambda: open_datasets(cfg), MISTAKES)
+        self.tasks = set(self.datasets)
+        self.tokens_per_sample = {t: tokens_per_sample(cfg, t) for t in self.tasks}
+        self.flops_per_sample = {t: training_flops(cfg.model, task_grid(cfg, t)) for t in self.tasks}
+        resume_dir = checkpoint.choose(resume, trainer.output_dir, self.say)
+        if resume_dir is not None:  # refuse a foreign checkpoint before building anything
+            agree(lambda: checkpoint.check_same_model(checkpoint.read_marker(resume_dir)["config"]["model"],
+                                                      cfg.model.to_dict(), resume_dir), MISTAKES)
 
         torch.manual_seed(trainer.seed)
         model = Nuwa(cfg.model)
@@ -133,95 +138,141 @@ class Trainer:
 
         self.state = checkpoint.TrainState()
         if resume_dir is not None:
-            self.state = checkpoint.load(self.engine, resume_dir, cfg.model.to_dict())
-        elif resume == "auto" and self.rank == 0:
-            print(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(trainer.output_dir)}, starting fresh")
+            self.state = agree(lambda: checkpoint.load(self.engine, resume_dir, cfg.model.to_dict()), MISTAKES)
+            self.say(f"resumed from {resume_dir} at step {self.state.step}")
+        elif resume == "auto":
+            self.say(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(trainer.output_dir)}, starting fresh")
         self.data = MultiTaskData(self.datasets, cfg.data, trainer.seed, StreamState(self.state.consumed),
                                   self.rank, self.world_size)
         if self.rank == 0:
             Path(trainer.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(trainer.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.stop = StopRequested()
+        self.data_wait = 0.0  # seconds this step spent waiting for batches
         self.samples = None
         if trainer.sample_every > 0:
             self.samples = SampleLogger(trainer.vqgan, self.datasets, shards, cfg.model, self.device)
 
-    def all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, flush=True)
+
+    def all_reduce(self, values: list | torch.Tensor, op=dist.ReduceOp.SUM) -> list[float]:
+        """Sum (or `op`) over ranks, brought to the host: the one place the loop waits for the device."""
+        tensor = (values if torch.is_tensor(values) else torch.tensor(values)).to(self.device, torch.float64)
         dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
-    def micro_step(self, task: str) -> float | None:
-        """Forward, backward and (at the accumulation boundary) the optimizer step of one micro-batch.
-
-        Returns the loss averaged over ranks, or None when it was NaN/inf on any rank and the
-        batch was skipped (`trainer.nan_policy: skip`).
-        """
+    def forward(self, task: str) -> torch.Tensor:
+        """The loss of the next micro-batch of `task` (on the device; nothing waits for it)."""
         # Dropout randomness is a function of (seed, micro-step, rank): resume needs no RNG state.
         torch.manual_seed(int(np.random.SeedSequence([self.config.trainer.seed, self.state.micro_step,
                                                       self.rank]).generate_state(1)[0]))
+        started = time.perf_counter()
         batch = self.data.next_batch(task)
+        self.data_wait += time.perf_counter() - started
         self.state.micro_step += 1
         text, codes = batch["text"].to(self.device), batch["codes"].to(self.device)
-        _, loss = self.engine(text, codes)
-        (loss_sum,) = self.all_reduce([loss.item()])
-        if not math.isfinite(loss_sum):
-            where = f"step {self.state.step + 1}, micro-step {self.state.micro_step - 1}, task {task}"
-            if self.config.trainer.nan_policy == "stop":
-                raise FloatingPointError(f"non-finite loss at {where}; stopping (trainer.nan_policy: stop)")
-            self.state.skipped_batches += 1
-            return None
-        self.engine.backward(loss)
-        self.engine.step()
         self.state.tokens_seen += codes.numel() * self.world_size
-        return loss_sum / self.world_size
+        return self.engine(text, codes)[1]
 
     def train_step(self) -> dict:
-        """One optimizer step: grad_accum good micro-steps, each of the task the sequence draws."""
-        losses: dict[str, list[float]] = {}
-        samples = tokens = skipped_in_a_row = 0
-        while sum(len(v) for v in losses.values()) < self.config.trainer.grad_accum:
-            task = task_at(self.config.data, self.config.trainer.seed, self.state.step, self.state.micro_step)
-            micro_batch = self.config.data.micro_batch[task]
-            loss = self.micro_step(task)
-            if loss is None:
+        """One optimizer step: grad_accum micro-steps, each of the task the sequence draws, then the update.
+
+        The host waits for the device once per step, before the update: one all-reduce of every
+        micro-step's loss tells each rank the same losses and whether any was NaN/inf. With
+        `trainer.nan_policy: skip` a micro-batch must be judged before its backward (a skipped batch
+        leaves no gradient), so that policy also waits once per micro-step.
+        """
+        trainer = self.config.trainer
+        done: list[tuple[str, int, torch.Tensor]] = []  # (task, micro-step, loss) whose gradients count
+        skipped_in_a_row = 0
+        while len(done) < trainer.grad_accum:
+            task = task_at(self.config.data, trainer.seed, self.state.step, self.state.micro_step)
+            loss = self.forward(task)
+            if trainer.nan_policy == "skip" and not math.isfinite(self.all_reduce(loss.detach().reshape(1))[0]):
+                self.state.skipped_batches += 1
                 skipped_in_a_row += 1
-                if skipped_in_a_row >= self.config.trainer.max_consecutive_skips:
+                if skipped_in_a_row >= trainer.max_consecutive_skips:
                     raise FloatingPointError(f"{skipped_in_a_row} non-finite losses in a row at step "
                                              f"{self.state.step + 1}; stopping")
                 continue
             skipped_in_a_row = 0
-            losses.setdefault(task, []).append(loss)
-            samples += micro_batch * self.world_size
-            tokens += micro_batch * self.world_size * self.tokens_per_sample[task]
+            self.engine.backward(loss)
+            done.append((task, self.state.micro_step - 1, loss.detach()))
+            if len(done) < trainer.grad_accum:
+                self.engine.step()  # not the accumulation boundary: DeepSpeed's bookkeeping only
+        losses = self.all_reduce(torch.stack([loss for _, _, loss in done]))
+        bad = [f"micro-step {m} ({task})" for (task, m, _), value in zip(done, losses) if not math.isfinite(value)]
+        if bad:
+            raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}, {', '.join(bad)}; stopping "
+                                     f"before the update (trainer.nan_policy: stop)")
+        self.engine.step()
         self.state.step += 1
-        return {"losses": losses, "samples": samples, "tokens": tokens}
+        by_task: dict[str, list[float]] = {}
+        for (task, _, _), value in zip(done, losses):
+            by_task.setdefault(task, []).append(value / self.world_size)
+        samples = {t: len(v) * self.config.data.micro_batch[t] * self.world_size for t, v in by_task.items()}
+        return {"losses": by_task, "samples": samples}
 
     def save(self) -> Path:
         return checkpoint.save(self.engine, self.config.trainer.output_dir, self.state, self.config.to_dict(),
                                self.config.trainer.keep_last)
 
+    def peak_flops(self) -> float | None:
+        """The hardware's peak FLOP/s per rank for MFU: trainer.peak_tflops, else the table's by GPU name."""
+        if self.config.trainer.peak_tflops > 0:
+            return self.config.trainer.peak_tflops * 1e12
+        if self.device.type == "cuda" and self.config.trainer.precision != "fp32":
+            peak = peak_tflops(torch.cuda.get_device_name(self.device))
+            return None if peak is None else peak * 1e12
+        return None
+
+    def telemetry(self, samples: dict[str, int], seconds: float, data_wait: float) -> dict:
+        """Step time, the fraction of it spent waiting for data, MFU and peak memory."""
+        peak = self.peak_flops()
+        flops = sum(n * self.flops_per_sample[t] for t, n in samples.items())
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        return {"step_time_s": seconds, "data_wait": data_wait / seconds,
+                "mfu": None if peak is None else flops / seconds / (peak * self.world_size),
+                "memory/gpu_peak_gib": gpu,
+                "memory/cpu_rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
     def train(self) -> str:
+        """Run to `trainer.steps` or a stop request; returns the summary line."""
         trainer = self.config.trainer
         logger = MetricLogger(trainer.output_dir, self.state.step, trainer.steps, trainer.log_every, self.rank == 0,
-                              desc="pretrain")
+                              desc="pretrain", show=("loss", "lr", "mfu"))
         self.engine.train()
-        while self.state.step < trainer.steps:
-            out = self.train_step()
-            grad_norm = self.engine.get_global_grad_norm()
-            losses = out["losses"]
-            every = [x for v in losses.values() for x in v]
-            logger.log_step(self.state.step, {"loss": sum(every) / len(every), "lr": self.scheduler.get_last_lr()[0],
-                                              "grad_norm": None if grad_norm is None else float(grad_norm),
-                                              **{f"loss/{task}": sum(v) / len(v) for task, v in losses.items()}},
-                            {"samples": out["samples"], "tokens": out["tokens"]})
-            (stop,) = self.all_reduce([float(self.stop.requested)], op=dist.ReduceOp.MAX)
-            if stop or self.state.step % trainer.checkpoint_every == 0 or self.state.step == trainer.steps:
-                path = self.save()
-                logger.log_event(f"saved {path}")
-            if stop:
-                logger.log_event(f"stop requested: saved at step {self.state.step}, exiting")
-                break
-            if self.samples is not None and self.state.step % trainer.sample_every == 0:
-                logger.log_images(self.state.step, self.samples.generate(self.engine.module))
+        try:
+            while self.state.step < trainer.steps and not self.step_and_log(logger):
+                pass
+        except BaseException:
+            logger.abort()
+            raise
         return logger.close()
+
+    def step_and_log(self, logger: MetricLogger) -> bool:
+        """One optimizer step, its metrics, checkpoint and samples; True when a stop request ended the run."""
+        trainer = self.config.trainer
+        started, self.data_wait = time.perf_counter(), 0.0
+        out = self.train_step()
+        grad_norm = self.engine.get_global_grad_norm()
+        losses, samples = out["losses"], out["samples"]
+        every = [x for v in losses.values() for x in v]
+        tokens = {f"tokens_{t}": n * self.tokens_per_sample[t] for t, n in samples.items()}
+        logger.log_step(self.state.step,
+                        {"loss": sum(every) / len(every), "lr": self.scheduler.get_last_lr()[0],
+                         "grad_norm": None if grad_norm is None else float(grad_norm),
+                         **{f"loss/{task}": sum(v) / len(v) for task, v in losses.items()},
+                         **self.telemetry(samples, time.perf_counter() - started, self.data_wait)},
+                        {"samples": sum(samples.values()), **tokens, "tokens": sum(tokens.values())})
+        (stop,) = self.all_reduce([float(self.stop.requested)], op=dist.ReduceOp.MAX)
+        if stop or self.state.step % trainer.checkpoint_every == 0 or self.state.step == trainer.steps:
+            logger.log_event(f"saved {self.save()}")
+        if stop:
+            logger.log_event(f"stop requested: saved at step {self.state.step}, exiting")
+            return True
+        if self.samples is not None and self.state.step % trainer.sample_every == 0:
+            logger.log_images(self.state.step, self.samples.generate(self.engine.module))
+        return False

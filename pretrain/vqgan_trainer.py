@@ -1,9 +1,9 @@
 """VQ-GAN training: reconstruction L1 + LPIPS + hinge PatchGAN with the adaptive weight (paper Eq. 4-5).
 
-`python pretrain/train_vqgan.py --config X.yaml [--section.key value ...] [--resume [DIR]]` wires
+`python pretrain/train_vqgan.py --config X.yaml [--section.key value ...] [--resume auto|PATH]` wires
 the pieces below: typed config → data stream → models and optimizers → `train_step` in a loop →
 logging, checkpoints, dead-code restarts → `save_pretrained`. One process, or DDP via torchrun
-(gloo on CPU, NCCL on GPU); `train.batch_size` is per process.
+(gloo on CPU, NCCL on GPU); `trainer.batch_size` is per process.
 
 Pixels come through preprocess/readers.py, exactly as tokenization reads them (decode, short side
 to `model.resolution`, centre crop): images from webdataset tars or CSV/JSONL index files, and
@@ -152,6 +152,12 @@ class VQGANTrainerConfig:
     """Optional starting weights: a save_pretrained folder or a taming-transformers .ckpt."""
     timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
+
+    def __post_init__(self):
+        typed_config.check_at_least(self, "trainer", 1, "steps", "batch_size", "checkpoint_every", "log_every",
+                                    "restart_min_count")
+        typed_config.check_at_least(self, "trainer", 0, "keep_last", "sample_every", "restart_every")
+        typed_config.check_at_least(self, "trainer", 1e-3, "timeout_s")
 
 
 @dataclass

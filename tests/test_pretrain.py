@@ -1,5 +1,6 @@
 """The DeepSpeed trainer: real multi-process runs (gloo on CPU), exact resume, bad input refused."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -257,8 +258,12 @@ def test_nan_loss_is_skipped_or_stops(tmp_path, code_shards, single_process, pol
     trainer = Trainer(config)
     _poison_second_forward(trainer)
     if policy == "stop":
-        with pytest.raises(FloatingPointError, match="non-finite loss at step 1, micro-step 1, task "):
+        before = {k: v.clone() for k, v in trainer.engine.module.state_dict().items()}
+        with pytest.raises(FloatingPointError, match=r"non-finite loss at step 1, micro-step 1 \((t2i|t2v|v2v)\); "
+                                                     r"stopping before the update"):
             trainer.train()
+        after = trainer.engine.module.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # the bad step was never applied
         return
     trainer.train()
     state = trainer.state
@@ -309,3 +314,21 @@ def test_video_tasks_train_on_the_first_frames_when_asked(tmp_path, code_shards,
     for frames in ('{"t2i": 1}', '{"t2v": 0}', '{"v2v": 3}'):
         with pytest.raises(ValueError, match="data.frames"):
             load_config(write_config(tmp_path, code_shards), ["--data.frames", frames])
+
+
+def test_telemetry_in_metrics(tmp_path, code_shards, single_process):
+    """Step time, data wait, MFU (against trainer.peak_tflops) and memory, every step."""
+    from model.flops import training_flops
+    from pretrain.data import task_grid
+    from pretrain.trainer import Trainer
+
+    config = load_config(write_config(tmp_path, code_shards, steps=3, checkpoint_every=100),
+                         ["--data.num_workers", "0", "--trainer.peak_tflops", "0.001"])
+    Trainer(config).train()
+    for record in metrics(tmp_path / "run").values():
+        assert record["step_time_s"] > 0 and 0 <= record["data_wait"] < 1
+        assert record["memory/cpu_rss_peak_gib"] > 0.1 and record["memory/gpu_peak_gib"] is None
+        flops = sum(record[f"tokens_{t}"] // (math.prod(task_grid(config, t))) * training_flops(config.model,
+                    task_grid(config, t)) for t in ("t2i", "v2v", "t2v") if f"tokens_{t}" in record)
+        assert record["mfu"] == pytest.approx(flops / record["step_time_s"] / 1e9, rel=1e-9)
+        assert record["tokens"] == sum(v for k, v in record.items() if k.startswith("tokens_"))
