@@ -22,6 +22,7 @@ from kernels.mask import NO_WRAP, check_extent, check_grid, check_wrap, nearby_m
 BACKENDS = ("reference", "blocked", "flex")
 
 
+@torch.compiler.disable  # built once per shape, outside any compiled graph
 @functools.lru_cache(maxsize=64)
 def reference_mask(q_grid, kv_grid, extent, causal, n_global, device, wrap=NO_WRAP):
     mask = nearby_mask(q_grid, kv_grid, extent, causal, wrap)

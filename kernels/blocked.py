@@ -72,6 +72,7 @@ def _outer(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, op):
     return op(op(a[:, None, None, :, None, None], b[None, :, None, None, :, None]), c[None, None, :, None, None, :])
 
 
+@torch.compiler.disable  # built once per shape, outside any compiled graph
 @functools.lru_cache(maxsize=64)
 def build_plan(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
                device: torch.device, tile: tuple[int, int, int] | None = None, wrap=NO_WRAP) -> BlockPlan:

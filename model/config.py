@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from model import typed_config
 
@@ -57,8 +57,12 @@ class NuwaConfig:
     comes back on the other: tiling textures, periodic simulations, toroidal synthetic data, usually coded
     by a VQ-GAN with circular padding): without it, what comes back in is outside every window and must be
     guessed. Off by default (real frames do not wrap); docs/3dna.md."""
-    activation_checkpointing: bool = False
-    """Recompute each block in the backward pass: trades ~30% more compute for activation memory."""
+    activation_checkpointing: Union[bool, Literal["none", "full", "attention"]] = "none"
+    """Recompute activations in the backward pass instead of keeping them: "full" recomputes each block
+    (the least memory, ~30% more compute), "attention" only the self- and cross-attention of each block
+    (keeps the MLPs' activations), "none" keeps everything; true/false mean full/none."""
+    compile: bool = False
+    """torch.compile each encoder and decoder block (in place: the weights keep their names)."""
     attention_backend: Optional[str] = None
     """Force a 3DNA backend ("reference", "blocked", "flex"); None: "blocked" (why: kernels/attention.py)."""
 
@@ -69,6 +73,12 @@ class NuwaConfig:
             raise ValueError(f"rotary needs an even head size, got {self.width // self.heads}")
         for name in ("text_extent", "image_extent", "video_extent"):
             setattr(self, name, tuple(getattr(self, name)))
+
+    @property
+    def checkpointing(self) -> str:
+        """activation_checkpointing as "none", "full" or "attention"."""
+        value = self.activation_checkpointing
+        return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
     @property
     def image_grid(self) -> tuple[int, int, int]:

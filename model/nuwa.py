@@ -67,6 +67,7 @@ class NearbyAttention(nn.Module):
         self.proj = nn.Linear(config.width, config.width)
         self.dropout = nn.Dropout(config.dropout)
         self.backend = config.attention_backend
+        self.recompute = config.checkpointing == "attention"
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -74,6 +75,12 @@ class NearbyAttention(nn.Module):
 
     def forward(self, x, q_grid, extent, context=None, kv_grid=None, causal=False, key_mask=None, angles=None,
                 wrap=NO_WRAP):
+        if self.recompute and self.training:  # activation_checkpointing: attention
+            return checkpoint(self.attend, x, q_grid, extent, context, kv_grid, causal, key_mask, angles, wrap,
+                              use_reentrant=False)
+        return self.attend(x, q_grid, extent, context, kv_grid, causal, key_mask, angles, wrap)
+
+    def attend(self, x, q_grid, extent, context, kv_grid, causal, key_mask, angles, wrap):
         B, N, C = x.shape
         q = self.split_heads(self.query(x))
         k, v = self.key_value(x if context is None else context).chunk(2, dim=-1)
@@ -161,6 +168,9 @@ class Nuwa(nn.Module):
         self.decoder_norm = LayerNorm(d)
         self.head = nn.Linear(d, config.codebook_size)
         self.init_weights()
+        if config.compile:
+            for block in (*self.encoder, *self.decoder):
+                block.compile()
 
     def init_weights(self):
         """GPT-2 style: N(0, 0.02), residual projections scaled by 1/√(2·layers), zero biases."""
@@ -191,7 +201,7 @@ class Nuwa(nn.Module):
         return (False, True, True) if self.config.spatial_wrap else NO_WRAP
 
     def _run(self, block, *args):
-        if self.config.activation_checkpointing and self.training:
+        if self.config.checkpointing == "full" and self.training:
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 

@@ -66,7 +66,7 @@ def mark_complete(tag_dir: Path, state: dict, config: dict, keep_last: int) -> N
         shutil.rmtree(old)
 
 
-def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_last: int) -> Path:
+def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_last: int, ema=None) -> Path:
     """Collective: every rank saves its shard; rank 0 then marks the tag complete and prunes old ones."""
     folder = checkpoint_dir(output_dir)
     tag = tag_for(state.step)
@@ -74,6 +74,8 @@ def save(engine, output_dir: str | Path, state: TrainState, config: dict, keep_l
         (folder / tag / STATE_FILE).unlink(missing_ok=True)
     dist.barrier()
     engine.save_checkpoint(str(folder), tag=tag, client_state={"trainer_state": asdict(state)})
+    if ema is not None:
+        ema.save(folder / tag, dist.get_rank(), dist.get_world_size())
     dist.barrier()
     if dist.get_rank() == 0:
         mark_complete(folder / tag, asdict(state), config, keep_last)
@@ -143,7 +145,7 @@ def verify(tag: Path) -> dict:
         lacking = " and ".join(kind for kind, files in (("*_model_states.pt", model), ("*_optim_states.pt", optim))
                                if not files)
         raise CheckpointError(f"checkpoint {tag} is missing DeepSpeed files: no {lacking} (it holds {names})")
-    whole([tag / name for name in model + optim])
+    whole([tag / name for name in model + optim] + sorted((tag / "ema").glob("*.pt")))
     ranks = {kind: {int(m[1]) for n in names if (m := RANK_FILE.match(n)) and m[2] == kind}
              for kind in ("model", "optim")}
     # Memory-mapped: only the pickled header is read, to learn how many ranks saved.
@@ -208,7 +210,7 @@ def read_marker(tag_dir: Path) -> dict:
 def check_same_model(saved: dict, current: dict, tag_dir: Path) -> None:
     """Refuse a checkpoint of another model shape before anything is loaded or overwritten."""
     diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in current.items()
-             if k not in ("activation_checkpointing", "attention_backend", "dropout") and saved.get(k) != v]
+             if k not in ("activation_checkpointing", "attention_backend", "compile", "dropout") and saved.get(k) != v]
     if diffs:
         raise ValueError(f"checkpoint {tag_dir} was trained with another model config: " + "; ".join(diffs))
 

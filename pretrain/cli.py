@@ -49,6 +49,16 @@ def lost_contact(error: RuntimeError) -> bool:
             and (isinstance(error, dist.DistError) or any(words in str(error) for words in LOST_RANK)))
 
 
+def fail(prog: str, message: str):
+    """Print `prog: error: message` and exit 1. With a process group, exit at once (os._exit): tearing
+    down its threads at interpreter exit can abort the process, and a dead peer can hang it."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        os._exit(1)
+    sys.exit(1)
+
+
 @contextmanager
 def mistakes_end_in_one_line(prog: str):
     """Turn MISTAKES into `prog: error: …` on stderr and exit status 1; so too a collective that fails
@@ -56,12 +66,10 @@ def mistakes_end_in_one_line(prog: str):
     try:
         yield
     except MISTAKES as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        fail(prog, str(e))
     except RuntimeError as e:
         if not lost_contact(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{prog}: error: lost contact with the other ranks on rank {dist.get_rank()} (another rank failed: "
-              f"its log says why; or a collective waited past trainer.timeout_s): {first}", file=sys.stderr)
-        sys.exit(1)
+        fail(prog, f"lost contact with the other ranks on rank {dist.get_rank()} (another rank failed: its log "
+                   f"says why; or a collective waited past trainer.timeout_s): {first}")

@@ -84,6 +84,9 @@ class TrainerConfig:
     """`skip` still stops after this many bad micro-batches in a row."""
     timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step (e.g. 0.9999; 0: none),
+    saved with every checkpoint and exported by `tools/convert_checkpoint.py to-safetensors --ema`."""
     peak_tflops: float = 0.0
     """The hardware's peak TFLOP/s per rank for MFU; 0: from the table of known GPUs (model/flops.py), for
     bf16/fp16 on CUDA (no MFU on CPU unless set)."""
@@ -106,6 +109,8 @@ class PretrainConfig:
         typed_config.check_at_least(trainer, "trainer", 0, "keep_last", "sample_every", "peak_tflops")
         typed_config.check_at_least(trainer, "trainer", 1e-3, "timeout_s")
         typed_config.check_at_least(self.data, "data", 0, "num_workers")
+        if not 0 <= trainer.ema_decay < 1:
+            raise ValueError(f"trainer.ema_decay must be in [0, 1), got {trainer.ema_decay}")
         for stage in self.data.schedule:
             negative = {t: w for t, w in stage.weights.items() if w < 0}
             if negative:

@@ -27,6 +27,8 @@ from model.config import NuwaConfig
 from model.pretrained import DTYPES, WEIGHTS, refuse_overwrite, save_state
 from preprocess.shards import ShardDataset
 from pretrain.checkpoint import STATE_FILE, CheckpointError, is_universal, read_marker, resolve, verify
+from pretrain.ema import full_state
+
 
 def identities(config: dict) -> dict:
     """Tokenizer and VQ-GAN identities of the run, from its shard manifests (None where unreadable)."""
@@ -48,8 +50,10 @@ def identities(config: dict) -> dict:
     return found
 
 
-def to_safetensors(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False) -> Path:
-    """Consolidate a ZeRO-1/2/3 checkpoint into `out/model.safetensors` + `out/config.json`."""
+def to_safetensors(checkpoint: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False,
+                   ema: bool = False) -> Path:
+    """Consolidate a ZeRO-1/2/3 checkpoint into `out/model.safetensors` + `out/config.json`; with `ema`,
+    the weight average (`trainer.ema_decay`) instead of the weights."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     start = time.perf_counter()
@@ -61,17 +65,21 @@ def to_safetensors(checkpoint: str | Path, out: str | Path, dtype: str = "fp32",
     refuse_overwrite(out, force)
     config = marker["config"]
     model_config = typed_config.from_dict(NuwaConfig, config["model"])
-    try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
-    except Exception as e:  # DeepSpeed raises many kinds for foreign or partial checkpoints
-        raise CheckpointError(f"checkpoint {tag}: DeepSpeed could not consolidate it ({type(e).__name__}: {e})") from e
+    if ema:
+        state = full_state(tag)
+    else:
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
+        except Exception as e:  # DeepSpeed raises many kinds for foreign or partial checkpoints
+            raise CheckpointError(f"checkpoint {tag}: DeepSpeed could not consolidate it ({type(e).__name__}: "
+                                  f"{e})") from e
     info = {"preset": config.get("preset"), "step": marker["state"]["step"], "source": str(tag.resolve()),
-            **identities(config)}
+            **({"weights": f"ema {config['trainer']['ema_decay']}"} if ema else {}), **identities(config)}
     save_state(state, model_config, out, info=info, dtype=DTYPES[dtype], force=force)
     params = sum(v.numel() for v in state.values())
     size = (out / WEIGHTS).stat().st_size
     print(f"wrote {out / WEIGHTS}: {len(state)} tensors, {params:,} parameters, {dtype}, {size / 2**20:.1f} MiB, "
-          f"step {info['step']} of {tag}, in {time.perf_counter() - start:.1f}s")
+          f"{'weight average, ' if ema else ''}step {info['step']} of {tag}, in {time.perf_counter() - start:.1f}s")
     return out
 
 

@@ -15,12 +15,12 @@ class MetricLogger:
 
     A step logs scalars (averaged over the `log_every` window in TensorBoard) and counts (summed, and
     shown as rates: `throughput/{name}_per_s`). The bar shows the scalars named in `show` and the rate
-    of the last count.
+    of the last count; the summary line totals the counts named in `summary` (all when None).
     """
 
     def __init__(self, output_dir: str | Path, start_step: int, total_steps: int, log_every: int, enabled: bool,
-                 desc: str, show: tuple[str, ...] = ("loss", "lr")):
-        self.enabled, self.log_every, self.show = enabled, log_every, show
+                 desc: str, show: tuple[str, ...] = ("loss", "lr"), summary: tuple[str, ...] | None = None):
+        self.enabled, self.log_every, self.show, self.summary = enabled, log_every, show, summary
         self.start_step, self.total_steps = start_step, total_steps
         self.start_time = self.window_start = time.perf_counter()
         self.window = defaultdict(list)
@@ -92,8 +92,9 @@ class MetricLogger:
     def close(self) -> str:
         """Closes the writers and returns the summary line (also printed on rank 0)."""
         elapsed = time.perf_counter() - self.start_time
-        counted = ", ".join(f"{n} {name}" for name, n in self.totals.items())
-        rates = ", ".join(f"{n / elapsed:.{2 if n / elapsed < 100 else 0}f} {name}/s" for name, n in self.totals.items())
+        totals = {name: n for name, n in self.totals.items() if self.summary is None or name in self.summary}
+        counted = ", ".join(f"{n} {name}" for name, n in totals.items())
+        rates = ", ".join(f"{n / elapsed:.{2 if n / elapsed < 100 else 0}f} {name}/s" for name, n in totals.items())
         summary = (f"trained {self.steps} steps ({self.start_step} → {self.start_step + self.steps}) in "
                    f"{elapsed:.1f}s: {counted}, {rates}")
         if self.enabled:

@@ -20,6 +20,7 @@ from deepspeed.accelerator import get_accelerator
 
 from model.flops import peak_tflops, training_flops
 from model.nuwa import Nuwa
+from model.storage import atomic_write
 from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
 from model.vqgan import VQGAN
@@ -28,6 +29,7 @@ from pretrain import checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
 from pretrain.distributed import agree, init_distributed
+from pretrain.ema import EMA
 from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
 from pretrain.optim import build_optimizer, lr_multiplier
@@ -142,11 +144,15 @@ class Trainer:
             self.say(f"resumed from {resume_dir} at step {self.state.step}")
         elif resume == "auto":
             self.say(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(trainer.output_dir)}, starting fresh")
+        self.ema = EMA(self.engine.module, trainer.ema_decay) if trainer.ema_decay > 0 else None
+        if self.ema is not None and resume_dir is not None:
+            if not agree(lambda: self.ema.load(resume_dir, self.rank, self.world_size), MISTAKES):
+                self.say(f"{resume_dir} has no weight average: trainer.ema_decay starts it from these weights")
         self.data = MultiTaskData(self.datasets, cfg.data, trainer.seed, StreamState(self.state.consumed),
                                   self.rank, self.world_size)
         if self.rank == 0:
             Path(trainer.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            atomic_write(Path(trainer.output_dir) / "config.json", json.dumps(cfg.to_dict(), indent=1))
         self.stop = StopRequested()
         self.data_wait = 0.0  # seconds this step spent waiting for batches
         self.samples = None
@@ -208,6 +214,8 @@ class Trainer:
             raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}, {', '.join(bad)}; stopping "
                                      f"before the update (trainer.nan_policy: stop)")
         self.engine.step()
+        if self.ema is not None:
+            self.ema.update()
         self.state.step += 1
         by_task: dict[str, list[float]] = {}
         for (task, _, _), value in zip(done, losses):
@@ -217,7 +225,7 @@ class Trainer:
 
     def save(self) -> Path:
         return checkpoint.save(self.engine, self.config.trainer.output_dir, self.state, self.config.to_dict(),
-                               self.config.trainer.keep_last)
+                               self.config.trainer.keep_last, self.ema)
 
     def peak_flops(self) -> float | None:
         """The hardware's peak FLOP/s per rank for MFU: trainer.peak_tflops, else the table's by GPU name."""
@@ -242,7 +250,7 @@ class Trainer:
         """Run to `trainer.steps` or a stop request; returns the summary line."""
         trainer = self.config.trainer
         logger = MetricLogger(trainer.output_dir, self.state.step, trainer.steps, trainer.log_every, self.rank == 0,
-                              desc="pretrain", show=("loss", "lr", "mfu"))
+                              desc="pretrain", show=("loss", "lr", "mfu"), summary=("samples", "tokens"))
         self.engine.train()
         try:
             while self.state.step < trainer.steps and not self.step_and_log(logger):

@@ -49,7 +49,8 @@ from model.vqgan import VQGAN, VQGANConfig
 from preprocess.readers import (INDEX_SUFFIXES, TAR_SUFFIXES, ClipSampling, InputUnit, Skip, SkipInput, image_pixels,
                                 iter_unit, list_units, uint8_to_model, video_clips)
 from pretrain import checkpoint
-from pretrain.distributed import init_distributed
+from pretrain.distributed import agree, init_distributed
+from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
 from pretrain.optim import OptimConfig, build_optimizer, lr_multiplier
 
@@ -458,12 +459,12 @@ def reconstruction_grid(images: torch.Tensor, rec: torch.Tensor, n: int = 8) -> 
 def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, float]:
     """Train, checkpoint and save; returns the summary (also printed as one line)."""
     trainer, optim = cfg.trainer, cfg.optim
-    resume_dir = checkpoint.resolve(resume, trainer.output_dir)
     run = build_run(cfg)
+    resume_dir = agree(lambda: checkpoint.resolve(resume, trainer.output_dir), MISTAKES)
     out = Path(trainer.output_dir)
     start = 0
     if resume_dir is not None:
-        start = load_checkpoint(run, resume_dir)
+        start = agree(lambda: load_checkpoint(run, resume_dir), MISTAKES)
         if run.rank == 0:
             log.info("resumed from %s at step %d", resume_dir, start)
     elif resume == "auto" and run.rank == 0:

@@ -101,7 +101,8 @@ def test_extents_come_from_config():
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA backends need a GPU")
 VARIANTS = {  # the models compared with the dense reference on each device
-    "cpu": (dict(attention_backend="blocked"), dict(activation_checkpointing=True)),
+    "cpu": (dict(attention_backend="blocked"), dict(activation_checkpointing=True),
+            dict(activation_checkpointing="attention")),
     "cuda": (dict(attention_backend="blocked"), dict(attention_backend="flex")),
 }
 
@@ -125,6 +126,23 @@ def test_backends_agree_and_checkpointing_keeps_gradients(rotary, spatial_wrap, 
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, loss = tiny(rotary=rotary, attention_backend="flex").cuda().train()(text, codes)
         assert abs(loss.item() - results[0][0].item()) < 0.02 * results[0][0].item()
+
+
+def test_compiled_blocks_equal_eager():
+    """model.compile: torch.compile of every block, in place (same weight names), same loss and gradients."""
+    small = dict(encoder_layers=1, decoder_layers=1, frames=2)
+    text, codes = batch(tiny(**small), 2)
+    results = []
+    for compiled in (False, True):
+        model = tiny(compile=compiled, **small).train()
+        _, loss = model(text, codes)
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (eager_loss, eager_grads), (loss, grads) = results
+    assert grads.keys() == eager_grads.keys()
+    torch.testing.assert_close(loss, eager_loss, atol=1e-6, rtol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], atol=1e-6, rtol=1e-5)
 
 
 def test_rotary_scores_depend_on_the_offset_only():

@@ -1,19 +1,23 @@
 """Training throughput: tokens/s of a forward+backward+AdamW step, the model with 3DNA (the blocked
-backend; on CUDA also flex) beside the same model with dense masked attention (the reference).
+backend; on CUDA also flex) beside the same model with dense masked attention (the reference); with
+`--options`, a second table puts the speed options of the blocked model side by side: torch.compile
+of the blocks, and activation checkpointing of whole blocks or of attention only, with MFU.
 
     python tools/bench_train.py                   # the CPU table in docs/benchmarks.md
-    python tools/bench_train.py --configs mid --steps 5
-    python tools/bench_train.py --device cuda --dtype bf16 --configs mid paper
+    python tools/bench_train.py --configs mid --steps 5 --options
+    python tools/bench_train.py --device cuda --dtype bf16 --configs mid paper --options
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
 from model.config import NuwaConfig
+from model.flops import peak_tflops, training_flops
 from model.nuwa import Nuwa
 
 CONFIGS = {  # name → (preset overrides, task grid, micro-batch)
@@ -23,6 +27,8 @@ CONFIGS = {  # name → (preset overrides, task grid, micro-batch)
     "paper": (dict(preset="nuwa-336"), (10, 21, 21), 2),  # the 870M model on its T2V grid (GPU only)
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+OPTIONS = {"eager": {}, "compile": dict(compile=True), "checkpoint full": dict(activation_checkpointing="full"),
+           "checkpoint attention": dict(activation_checkpointing="attention")}
 
 
 def tokens_per_second(config: NuwaConfig, grid, batch: int, steps: int, device: torch.device, dtype) -> tuple:
@@ -33,7 +39,7 @@ def tokens_per_second(config: NuwaConfig, grid, batch: int, steps: int, device: 
     text = torch.randint(0, config.text_vocab_size, (batch, config.text_length), device=device)
     codes = torch.randint(0, config.codebook_size, (batch, *grid), device=device)
     times = []
-    for i in range(steps + 1):  # the first step builds the 3DNA plan / mask caches (and compiles flex)
+    for i in range(steps + 1):  # the first step builds the 3DNA plan / mask caches (and compiles)
         if i == 1 and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -53,12 +59,20 @@ def tokens_per_second(config: NuwaConfig, grid, batch: int, steps: int, device: 
     return codes.numel() / statistics.median(times), peak
 
 
+def build(name: str) -> tuple[NuwaConfig, tuple[int, int, int], int]:
+    overrides, grid, batch = CONFIGS[name]
+    overrides = dict(overrides)
+    return NuwaConfig.from_preset(overrides.pop("preset", "tiny"), **overrides), grid, batch
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["tiny", "mid"], choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast compute precision")
+    parser.add_argument("--options", action="store_true", help="also the speed options table, with MFU")
+    parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: model/flops.py's GPU table)")
     args = parser.parse_args()
     device = torch.device(args.device)
     backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
@@ -70,9 +84,7 @@ def main():
           + " ".join(f"{b + ' speed-up':>16}" for b in backends[1:])
           + (" | " + " ".join(f"{b + ' GiB':>13}" for b in backends) if device.type == "cuda" else ""))
     for name in args.configs:
-        overrides, grid, batch = CONFIGS[name]
-        overrides = dict(overrides)
-        config = NuwaConfig.from_preset(overrides.pop("preset", "tiny"), **overrides)
+        config, grid, batch = build(name)
         with torch.device("meta"):
             params = Nuwa(config).num_parameters(exclude_embeddings=False)
         results = {b: tokens_per_second(config.replace(attention_backend=b), grid, batch, args.steps, device,
@@ -82,6 +94,23 @@ def main():
               + " ".join(f"{results[b][0]:15.0f}" for b in backends) + " | "
               + " ".join(f"{results[b][0] / rate_ref:15.1f}x" for b in backends[1:])
               + (" | " + " ".join(f"{results[b][1]:13.1f}" for b in backends) if device.type == "cuda" else ""))
+    if args.options:
+        peak = args.peak_tflops or (peak_tflops(where) if device.type == "cuda" else None)
+        print(f"\nspeed options of the blocked model, {args.dtype}, {where}; MFU against "
+              + (f"{peak:g} TFLOP/s" if peak else "no known peak (--peak-tflops)"))
+        print(f"{'config':>6} {'option':>21} {'tok/s':>9} {'vs eager':>9} {'MFU':>7}"
+              + (f" {'GiB':>6}" if device.type == "cuda" else ""))
+        for name in args.configs:
+            config, grid, batch = build(name)
+            per_token = training_flops(config, grid) / math.prod(grid)
+            eager = None
+            for option, changes in OPTIONS.items():
+                rate, gib = tokens_per_second(config.replace(attention_backend="blocked", **changes), grid, batch,
+                                              args.steps, device, DTYPES[args.dtype])
+                eager = eager or rate
+                mfu = f"{rate * per_token / (peak * 1e12):7.1%}" if peak else f"{'-':>7}"
+                print(f"{name:>6} {option:>21} {rate:9.0f} {rate / eager:8.2f}x {mfu}"
+                      + (f" {gib:6.1f}" if device.type == "cuda" else ""))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Convert trainer checkpoints: to a portable safetensors model, or to a universal checkpoint.
 
-    python tools/convert_checkpoint.py to-safetensors CKPT OUT_DIR [--dtype fp32|bf16] [--force]
+    python tools/convert_checkpoint.py to-safetensors CKPT OUT_DIR [--dtype fp32|bf16] [--force] [--ema]
     python tools/convert_checkpoint.py to-universal  CKPT OUT_DIR [--force] [--workers N]
 
 CKPT is a tag folder (runs/nuwa/checkpoints/step-00001000), a checkpoints folder or a run
@@ -24,6 +24,7 @@ def main(argv=None):
     st.add_argument("out", help="output folder")
     st.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="stored precision (default fp32)")
     st.add_argument("--force", action="store_true", help="overwrite an existing export in OUT")
+    st.add_argument("--ema", action="store_true", help="export the weight average (trainer.ema_decay) instead")
     uc = commands.add_parser("to-universal", help="ZeRO checkpoint → universal checkpoint (resume on any world size)")
     uc.add_argument("checkpoint", help="tag folder, checkpoints folder or run folder")
     uc.add_argument("out", help="output tag folder, e.g. runs/next/checkpoints/step-00001000")
@@ -32,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "to-safetensors":
-            to_safetensors(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
+            to_safetensors(args.checkpoint, args.out, dtype=args.dtype, force=args.force, ema=args.ema)
         else:
             to_universal(args.checkpoint, args.out, force=args.force, workers=args.workers)
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as e:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks, in one call on a GPU machine: the tests that skip on CPU (flex and blocked 3DNA against
-# the reference, the model's backends and bf16, cached sampling), then the benchmarks' CUDA tables.
+# the reference, the model's backends and bf16, cached sampling), then the benchmarks' CUDA tables (the
+# training table with the speed options and MFU: compile, activation checkpointing full / attention).
 # Logs go to $OUT (or ./gpu_logs). It needs torch with CUDA, numpy, safetensors, pyyaml, sentencepiece, pytest;
 # --noconftest skips the trainer fixtures, which need the preprocessing packages.
 #   bash tools/gpu_checks.sh
@@ -15,7 +16,7 @@ timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider tests/test_ker
     tests/test_sampling.py 2>&1 | tee "$out/tests.log" | tail -n 15
 timeout 100 python3 tools/bench_3dna.py --device cuda --heads 20 --dtype bf16 --frames 1 10 20 40 --repeats 10 \
     2>&1 | tee "$out/bench_3dna.log"
-timeout 130 python3 tools/bench_train.py --device cuda --dtype bf16 --configs mid paper --steps 5 \
+timeout 300 python3 tools/bench_train.py --device cuda --dtype bf16 --configs mid paper --steps 5 --options \
     2>&1 | tee "$out/bench_train.log"
 timeout 40 python3 tools/bench_sampling.py --device cuda --frames 1 4 \
     2>&1 | tee "$out/bench_sampling.log"
