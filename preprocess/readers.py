@@ -1,7 +1,7 @@
 """Readers of raw captioned media and the image/video decoding that turns them into pixels.
 
 Inputs are either webdataset tars laid out as img2dataset / video2dataset write them
-(`{key}.jpg|jpeg|png|webp` or `{key}.mp4|webm|avi`, caption in `{key}.txt` or the "caption"
+(`{key}.<ext>` with one of IMAGE_EXTENSIONS or VIDEO_EXTENSIONS, caption in `{key}.txt` or the "caption"
 field of `{key}.json`; local paths or brace patterns such as `data/{00000..00099}.tar`), or an
 index file (`.csv` with a header, or `.jsonl`) of `path,caption` rows whose paths are relative
 to the index file's folder. Inputs are cut into units (one tar, or a block of index rows) that
@@ -33,6 +33,7 @@ import csv
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import logging
 import struct
@@ -47,8 +48,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-VIDEO_EXTENSIONS = ("mp4", "webm", "avi")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")  # a GIF image: its first frame
+VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "m1v", "m2v", "ts", "m2ts", "mts",
+                    "flv", "f4v", "wmv", "asf", "3gp", "3g2", "ogv", "ogg", "vob", "gif")  # a GIF video: animated
+NOT_MEDIA = ("txt", "json", "caption", "cls", "url", "id", "key", "meta", "yaml")
+"""Member extensions that hold captions or metadata: a sample's other members with an unknown extension
+are tried as media (a decoder that cannot read them skips the sample with its reason)."""
 MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_SUFFIXES = (".csv", ".jsonl")
@@ -62,8 +67,9 @@ BROKEN_TAR = "broken_tar"
 NO_MEDIA = "no_media"
 MISSING_FILE = "missing_file"
 DECODE_ERROR = "decode_error"  # a decoder failed otherwise (the exception's type is in the detail)
+NO_VIDEO_STREAM = "no_video_stream"  # a readable file with audio (or data) streams only
 SKIP_REASONS = (ZERO_BYTE, CORRUPT_IMAGE, DECOMPRESSION_BOMB, CORRUPT_VIDEO, VIDEO_TOO_SHORT, BROKEN_TAR,
-                NO_MEDIA, MISSING_FILE, DECODE_ERROR)
+                NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM)
 CAPTION_MISSING = "caption_missing"
 CAPTION_NON_UTF8 = "caption_non_utf8"
 
@@ -199,13 +205,19 @@ class ClipSampling:
         return self.num_frames / self.fps
 
 
+def clips_that_fit(duration: float, sampling: ClipSampling) -> int:
+    """How many of the `max_clips` consecutive clips end before the video does."""
+    fit = 0
+    while fit < sampling.max_clips and sampling.start + (fit + 1) * sampling.seconds <= duration + 1e-3:
+        fit += 1
+    return fit
+
+
 def clip_frame_indices(frame_starts: np.ndarray, duration: float, sampling: ClipSampling) -> list[list[int]]:
     """Frame indices of each clip that fits in a video with these presentation timestamps."""
     clips = []
-    for c in range(sampling.max_clips):
+    for c in range(clips_that_fit(duration, sampling)):
         clip_start = sampling.start + c * sampling.seconds
-        if clip_start + sampling.seconds > duration + 1e-3:
-            break
         times = clip_start + np.arange(sampling.num_frames) / sampling.fps
         indices = np.searchsorted(frame_starts, times + 1e-3, side="right") - 1
         clips.append([int(i) for i in np.clip(indices, 0, len(frame_starts) - 1)])
@@ -219,11 +231,61 @@ def frame_timestamps(reader) -> tuple[np.ndarray, float]:
 
 
 def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
-    """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput)."""
-    import decord
+    """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput).
 
+    decord reads the video; what it cannot read, or measures to a length other than the container
+    states, is read again with PyAV (FFmpeg), and only when both fail is the video skipped, with both
+    reasons. MPEG transport and program streams, raw MPEG video, ASF/WMV and GIF go to PyAV at once:
+    decord reads them from memory with wrong frames for their indices (a GOP off, or out of order) or
+    none (tests/test_containers.py holds each container to a reference decoding)."""
     if not data:
         raise SkipInput(ZERO_BYTE)
+    container, stated = probe(data)
+    if container in PYAV_FORMATS:
+        return pyav_clips(data, sampling, resolution)
+    try:
+        return decord_clips(data, sampling, resolution, stated)
+    except SkipInput as first:
+        try:
+            return pyav_clips(data, sampling, resolution)
+        except SkipInput as second:
+            raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
+
+
+def _resize_clip(frames: list[np.ndarray], resolution: int) -> np.ndarray:
+    return np.stack([np.asarray(resize_center_crop(Image.fromarray(f), resolution)).transpose(2, 0, 1)
+                     for f in frames])
+
+
+def _too_short(duration: float, sampling: ClipSampling) -> SkipInput:
+    return SkipInput(VIDEO_TOO_SHORT, f"{duration:.2f} s < {sampling.start + sampling.seconds:.2f} s needed from "
+                                      f"{sampling.start:.2f} s on")
+
+
+PYAV_FORMATS = {"mpegts", "mpeg", "mpegvideo", "gif", "asf"}
+"""FFmpeg's names of the containers that PyAV reads instead of decord (see video_clips)."""
+
+
+def probe(data: bytes) -> tuple[str | None, float | None]:
+    """(FFmpeg's name of the container, the length in seconds its header states) from the header alone;
+    None for what it cannot tell."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            if stream is not None and stream.duration and stream.time_base:
+                return container.format.name, float(stream.duration * stream.time_base)
+            return container.format.name, container.duration / av.time_base if container.duration else None
+    except av.error.FFmpegError:
+        return None, None
+
+
+def decord_clips(data: bytes, sampling: ClipSampling, resolution: int, stated: float | None = None
+                 ) -> list[np.ndarray]:
+    """Clips read with decord; refused (SkipInput) when decord's length is not the `stated` one."""
+    import decord
+
     decord.logging.set_level(decord.logging.QUIET)
     reader = None
     try:
@@ -231,10 +293,13 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
         if len(reader) == 0:
             raise SkipInput(CORRUPT_VIDEO, "no frames")
         starts, duration = frame_timestamps(reader)
+        if starts[0] < -1e-3 or np.any(np.diff(starts) < -1e-3):
+            raise SkipInput(CORRUPT_VIDEO, "decord's frame timestamps do not increase from 0")
+        if stated is not None and abs(duration - stated) > max(0.5, 0.05 * stated):
+            raise SkipInput(CORRUPT_VIDEO, f"decord reads {duration:.2f} s of a video that states {stated:.2f} s")
         clips = clip_frame_indices(starts, duration, sampling)
         if not clips:
-            raise SkipInput(VIDEO_TOO_SHORT, f"{duration:.2f} s < {sampling.start + sampling.seconds:.2f} s "
-                                             f"needed from {sampling.start:.2f} s on")
+            raise _too_short(duration, sampling)
         wanted = sorted({i for clip in clips for i in clip})
         frames = dict(zip(wanted, reader.get_batch(wanted).asnumpy()))
     except (RuntimeError, decord.DECORDError) as error:
@@ -243,8 +308,78 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
         # Free the reader now: left in a traceback's reference cycle, it would be collected later,
         # possibly in a forked DataLoader worker, where decord's destructor aborts the process.
         del reader
-    return [np.stack([np.asarray(resize_center_crop(Image.fromarray(frames[i]), resolution)).transpose(2, 0, 1)
-                      for i in clip]) for clip in clips]
+    return [_resize_clip([frames[i] for i in clip], resolution) for clip in clips]
+
+
+AVFMT_NOTIMESTAMPS = 0x80
+"""FFmpeg's flag of formats without timestamps (raw MPEG video): their times are counted from the start,
+so they are read from the start, not sought."""
+
+
+def pyav_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
+    """The same clips read with PyAV: seek to the first clip, decode in presentation order up to the end of
+    the last one, and keep only the frames that the clip times pick (the last frame shown at each time).
+    Where the seek misses (no frame, or the first one after the first clip time), it reads from the start."""
+    import av
+
+    try:
+        read = _pyav_pick(data, sampling, seek=sampling.start > 0) or _pyav_pick(data, sampling, seek=False)
+    except av.error.FFmpegError as error:
+        raise SkipInput(CORRUPT_VIDEO, str(error).splitlines()[0][:200]) from None
+    picked, duration = read
+    count = clips_that_fit(duration, sampling)
+    if not count:
+        raise _too_short(duration, sampling)
+    last = picked[max(picked)]
+    return [_resize_clip([picked.get(c * sampling.num_frames + j, last) for j in range(sampling.num_frames)],
+                         resolution) for c in range(count)]
+
+
+def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[int, np.ndarray], float] | None:
+    """({index of a clip time: the frame on screen then}, the video's length); None when the seek missed.
+    Clip times past the last decoded frame are left out: that frame stays on screen."""
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.video:
+            raise SkipInput(NO_VIDEO_STREAM, f"streams: {[s.type for s in container.streams]}")
+        stream = container.streams.video[0]
+        base = float(stream.time_base or 0) or 1 / av.time_base
+        rate = float(stream.average_rate or 0)
+        stated = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                  else container.duration / av.time_base if container.duration else 0.0)
+        end = sampling.start + sampling.max_clips * sampling.seconds
+        times = [sampling.start + c * sampling.seconds + j / sampling.fps
+                 for c in range(sampling.max_clips) for j in range(sampling.num_frames)]
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            raise SkipInput(CORRUPT_VIDEO, "no frames")
+        origin = first.pts or 0  # time 0 is the first frame's, not the stream's start (MPEG-PS/TS differ)
+        if seek and not container.format.flags & AVFMT_NOTIMESTAMPS:
+            container.seek(int(origin + sampling.start / base), stream=stream, backward=True)
+            frames = container.decode(stream)
+        else:
+            frames = itertools.chain([first], frames)
+        picked, previous, last_end, pending = {}, None, 0.0, 0
+        for frame in frames:
+            # a frame without a timestamp follows the one before it
+            shown = last_end if frame.pts is None else (frame.pts - origin) * base
+            if previous is None and seek and shown > times[0] + 1e-3:
+                return None
+            while pending < len(times) and shown > times[pending] + 1e-3 and previous is not None:
+                picked[pending] = previous
+                pending += 1
+            previous = frame.to_ndarray(format="rgb24")
+            last_end = shown + (float(frame.duration * base) if frame.duration else 1 / rate if rate else 0.0)
+            if shown > end + 1e-3:
+                break
+        if previous is None:
+            if seek:
+                return None
+            raise SkipInput(CORRUPT_VIDEO, "no frames")
+        picked[pending] = previous
+        return picked, max(stated, last_end)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -351,9 +486,11 @@ def iter_tar(path: str, modality: str) -> Iterator[RawItem | Skip]:
     try:
         for sample in wds.tariterators.group_by_keys(_tar_members(path)):
             key = sample["__key__"]
-            ext = next((e for e in extensions if e in sample), None)
+            members = sorted(k for k in sample if not k.startswith("__"))
+            ext = next((e for e in extensions if e in sample), None) or next(
+                (m for m in members if m.lower() not in NOT_MEDIA and m.lower().split(".")[-1] not in NOT_MEDIA), None)
             if ext is None:
-                yield Skip(key, NO_MEDIA, f"members {sorted(k for k in sample if not k.startswith('__'))}")
+                yield Skip(key, NO_MEDIA, f"members {members}")
                 continue
             yield RawItem(key, sample[ext], *sample_caption(sample))
     except BrokenTar as error:

@@ -15,12 +15,13 @@ class MetricLogger:
 
     A step logs scalars (averaged over the `log_every` window in TensorBoard) and counts (summed, and
     shown as rates: `throughput/{name}_per_s`). The bar shows the scalars named in `show` and the rate
-    of the last count; the summary line totals the counts named in `summary` (all when None).
+    of the count named `rate`; the summary line totals the counts named in `summary` (all when None).
     """
 
     def __init__(self, output_dir: str | Path, start_step: int, total_steps: int, log_every: int, enabled: bool,
-                 desc: str, show: tuple[str, ...] = ("loss", "lr"), summary: tuple[str, ...] | None = None):
-        self.enabled, self.log_every, self.show, self.summary = enabled, log_every, show, summary
+                 desc: str, show: tuple[str, ...] = ("loss", "lr"), rate: str = "tokens",
+                 summary: tuple[str, ...] | None = None):
+        self.enabled, self.log_every, self.show, self.rate, self.summary = enabled, log_every, show, rate, summary
         self.start_step, self.total_steps = start_step, total_steps
         self.start_time = self.window_start = time.perf_counter()
         self.window = defaultdict(list)
@@ -64,9 +65,8 @@ class MetricLogger:
         for name, rate in rates.items():
             self.tensorboard.add_scalar(f"throughput/{name}_per_s", rate, step)
         postfix = {key: f"{means[key]:.4g}" for key in self.show if key in means}
-        if rates:
-            name = list(rates)[-1]
-            postfix[f"{name}/s"] = f"{rates[name]:.0f}"
+        if self.rate in rates:
+            postfix[f"{self.rate}/s"] = f"{rates[self.rate]:.0f}"
         self.bar.set_postfix(postfix)
         self.window.clear()
         self.counts.clear()

@@ -479,7 +479,7 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
     batches = iter(DataLoader(stream, batch_size=trainer.batch_size, num_workers=cfg.data.num_workers,
                               persistent_workers=cfg.data.num_workers > 0))
     logger = MetricLogger(out, start, trainer.steps, trainer.log_every, run.rank == 0, desc="vqgan",
-                          show=("loss", "psnr", "codebook_usage"))
+                          show=("loss", "psnr", "codebook_usage"), rate="images")
     schedule = lr_multiplier(optim, trainer.steps)
     metrics, usage = {}, float("nan")
     for step in range(start, trainer.steps):
