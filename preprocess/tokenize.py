@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per VQ-GAN batch")
     parser.add_argument("--num-splits", type=int, default=None, help="default: $WORLD_SIZE or 1")
     parser.add_argument("--split", type=int, default=None, help="default: $RANK or 0")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, …")
+    parser.add_argument("--device", default=defaults.device,
+                        help="cpu, cuda (under torchrun or deepspeed: cuda:LOCAL_RANK), cuda:1, …")
     parser.add_argument("--threads", type=int, default=None, help="CPU encoder threads (default: cores − workers)")
     parser.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video clip")
     parser.add_argument("--frame-rate", type=float, default=defaults.frame_rate, help="clip frames per second")
@@ -39,9 +40,12 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     args = parser.parse_args(argv)
     num_splits = args.num_splits if args.num_splits is not None else int(os.environ.get("WORLD_SIZE", 1))
     split = args.split if args.split is not None else int(os.environ.get("RANK", 0))
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun or deepspeed: this process's GPU
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     return TokenizeConfig(args.modality, args.input, args.output, args.vqgan, args.tokenizer, workers=args.workers,
                           shard_size=args.shard_size, batch_size=args.batch_size, num_splits=num_splits, split=split,
-                          device=args.device, threads=args.threads, num_frames=args.num_frames,
+                          device=device, threads=args.threads, num_frames=args.num_frames,
                           frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video)
 
 

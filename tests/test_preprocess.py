@@ -452,6 +452,26 @@ def test_two_splits_merged_equal_one_run(image_run, image_data, assets, tmp_path
     assert merged == _files(output)
 
 
+def test_torchrun_processes_take_their_splits_and_merge_to_one_run(image_run, image_data, assets, tmp_path):
+    """Under torchrun each process reads RANK / WORLD_SIZE (and would take cuda:LOCAL_RANK with --device cuda)."""
+    from preprocess.tokenize import parse_args
+    from pretrain.distributed import free_port
+
+    output, _ = image_run
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(free_port()), "preprocess/tokenize.py", "--modality", "image", "--input", *image_data["inputs"],
+                    "--output", str(tmp_path / "codes"), "--vqgan", assets["vqgan"], "--tokenizer", assets["tokenizer"],
+                    "--workers", "0", "--shard-size", "3", "--batch-size", "2"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "preprocess/merge_manifests.py", str(tmp_path / "codes")], cwd=ROOT, check=True)
+    merged = {k: v for k, v in _files(tmp_path / "codes").items() if not k.startswith("manifest.split-")}
+    assert merged == _files(output)
+    args = ["--modality", "image", "--input", "x.tar", "--output", "o", "--vqgan", "v", "--tokenizer", "t"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOCAL_RANK", "3")
+        assert parse_args(args + ["--device", "cuda"]).device == "cuda:3"
+        assert parse_args(args + ["--device", "cuda:1"]).device == "cuda:1" and parse_args(args).device == "cpu"
+
+
 def test_video_run_end_to_end_with_the_cli(video_data, assets, tmp_path):
     output = tmp_path / "codes"
     subprocess.run([sys.executable, "preprocess/tokenize.py", "--modality", "video", "--input", *video_data["inputs"],
