@@ -6,6 +6,7 @@ source frame it is.
 """
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -470,6 +471,17 @@ def test_torchrun_processes_take_their_splits_and_merge_to_one_run(image_run, im
         env.setenv("LOCAL_RANK", "3")
         assert parse_args(args + ["--device", "cuda"]).device == "cuda:3"
         assert parse_args(args + ["--device", "cuda:1"]).device == "cuda:1" and parse_args(args).device == "cpu"
+
+
+def test_scripts_run_as_files_beside_another_copy_of_the_package(tmp_path):
+    """`python preprocess/<script>.py` must not let its folder's tokenize.py shadow the standard library's,
+    whichever copy of the package is imported (an editable install of another checkout, site-packages)."""
+    shutil.copytree(ROOT / "preprocess", tmp_path / "preprocess")
+    for script in ("tokenize", "train_tokenizer", "merge_manifests"):
+        proc = subprocess.run([sys.executable, str(ROOT / "preprocess" / f"{script}.py"), "--help"], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-2000:]
 
 
 def test_video_run_end_to_end_with_the_cli(video_data, assets, tmp_path):
