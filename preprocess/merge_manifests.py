@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from preprocess.cli import errors_in_one_line
 from preprocess.shards import MANIFEST, ShardWriter, merge_manifests
 
 
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="shard folder holding the outputs of all splits")
     folder = parser.parse_args(argv).folder
-    manifest = merge_folder(folder)
+    with errors_in_one_line("merge_manifests"):
+        manifest = merge_folder(folder)
     print(f"merged {len(manifest['units'])} units: "
           f"{manifest['num_samples']} samples, {manifest['num_skipped']} skipped → {Path(folder) / MANIFEST}")
 

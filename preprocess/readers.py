@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import glob
 import io
 import itertools
 import json
@@ -386,8 +387,18 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Expand brace patterns (`data/{00000..00099}.tar`) in the given order."""
-    return [path for pattern in inputs for path in wds.shardlists.expand_urls(pattern)]
+    """Expand brace patterns (`data/{00000..00099}.tar`) in the given order, then glob patterns
+    (`data/*.tar`, sorted); a glob that matches nothing is an error, not an empty input."""
+    paths = []
+    for path in (p for pattern in inputs for p in wds.shardlists.expand_urls(pattern)):
+        if glob.has_magic(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise FileNotFoundError(f"input pattern {path!r} matches no file")
+            paths += matches
+        else:
+            paths.append(path)
+    return paths
 
 
 def list_units(inputs: list[str], rows_per_unit: int) -> list[InputUnit]:

@@ -24,7 +24,12 @@ class CaptionTokenizer:
 
     def __init__(self, model_file: str | Path):
         self.model_file = str(model_file)
-        self._sp = spm.SentencePieceProcessor(model_file=self.model_file)
+        if not Path(model_file).is_file():
+            raise FileNotFoundError(f"{model_file}: no such sentencepiece model (preprocess/train_tokenizer.py writes one)")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=self.model_file)
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"{model_file} is not a sentencepiece model ({str(error).splitlines()[0][:120]})") from None
         ids = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError(f"{model_file}: special ids (pad, unk, bos, eos) are {ids}, expected "

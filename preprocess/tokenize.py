@@ -11,7 +11,9 @@ WORLD_SIZE in the environment), gather the outputs in one folder, and join the m
 import preprocess  # noqa: F401  (first: see preprocess/__init__.py)
 import argparse
 import os
+from pathlib import Path
 
+from preprocess.cli import errors_in_one_line
 from preprocess.pipeline import TokenizeConfig, tokenize_dataset
 
 
@@ -49,5 +51,13 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
                           frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video)
 
 
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    with errors_in_one_line("tokenize"):
+        if Path(config.output).exists() and not Path(config.output).is_dir():
+            raise NotADirectoryError(f"--output {config.output} is a file; give a folder (created if missing)")
+        tokenize_dataset(config)
+
+
 if __name__ == "__main__":
-    tokenize_dataset(parse_args())
+    main()

@@ -16,6 +16,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from model.storage import atomic_write
+from preprocess.cli import errors_in_one_line
 from preprocess.readers import iter_captions
 from preprocess.text import BOS_ID, EOS_ID, NONE_TEXT, PAD_ID, UNK_ID, CaptionTokenizer
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the number of pieces")
     args = parser.parse_args(argv)
-    tokenizer = train_tokenizer(args.input, args.output, args.vocab_size)
+    with errors_in_one_line("train_tokenizer"):
+        tokenizer = train_tokenizer(args.input, args.output, args.vocab_size)
     print(f"tokenizer: {tokenizer.vocab_size} pieces, fingerprint {tokenizer.fingerprint()} → {args.output}.model")
 
 

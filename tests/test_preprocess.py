@@ -473,6 +473,40 @@ def test_torchrun_processes_take_their_splits_and_merge_to_one_run(image_run, im
         assert parse_args(args + ["--device", "cuda:1"]).device == "cuda:1" and parse_args(args).device == "cpu"
 
 
+def test_input_patterns_expand_braces_then_globs(tmp_path):
+    for name in ("00000.tar", "00001.tar", "b.jsonl", "a.jsonl"):
+        (tmp_path / name).write_text("")
+    assert readers.expand_inputs([str(tmp_path / "{00001..00000}.tar"), str(tmp_path / "*.jsonl")]) == [
+        str(tmp_path / n) for n in ("00001.tar", "00000.tar", "a.jsonl", "b.jsonl")]  # braces in order, globs sorted
+
+
+def test_bad_arguments_are_answered_in_one_line(image_data, assets, tmp_path):
+    """As the trainers do: `prog: error: …` naming what is wrong, exit status 1, no traceback."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not.model").write_bytes(b"not a sentencepiece model")
+    good = ["--modality", "image", "--vqgan", assets["vqgan"], "--tokenizer", assets["tokenizer"]]
+    inputs = image_data["inputs"]
+    cases = [
+        ("tokenize", [*good, "--input", str(tmp_path / "missing.tar"), "--output", str(tmp_path / "o")],
+         "inputs are not local files"),
+        ("tokenize", [*good, "--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "o")],
+         "matches no file"),
+        ("tokenize", [*good, "--input", *inputs, "--output", str(tmp_path / "a_file")], "is a file; give a folder"),
+        ("tokenize", ["--modality", "image", "--vqgan", str(tmp_path / "no_vqgan"), "--tokenizer", assets["tokenizer"],
+                      "--input", *inputs, "--output", str(tmp_path / "o")], "no_vqgan/config.json does not exist"),
+        ("tokenize", ["--modality", "image", "--vqgan", assets["vqgan"], "--tokenizer", str(tmp_path / "not.model"),
+                      "--input", *inputs, "--output", str(tmp_path / "o")], "is not a sentencepiece model"),
+        ("train_tokenizer", ["--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "tok")], "matches no file"),
+        ("merge_manifests", [str(tmp_path / "nowhere")], "no split manifests"),
+    ]
+    for script, args, message in cases:
+        proc = subprocess.run([sys.executable, f"preprocess/{script}.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (script, message, proc.stderr[-1500:])
+        assert lines[-1].startswith(f"{script}: error: ") and message in lines[-1], (script, lines[-1])
+
+
 def test_scripts_run_as_files_beside_another_copy_of_the_package(tmp_path):
     """`python preprocess/<script>.py` must not let its folder's tokenize.py shadow the standard library's,
     whichever copy of the package is imported (an editable install of another checkout, site-packages)."""
