@@ -546,8 +546,27 @@ def iter_unit(unit: InputUnit, modality: str) -> Iterator[RawItem | Skip]:
     return iter_index(unit.source, unit.rows)
 
 
+def _caption_fields(path: str) -> Iterator[dict]:
+    """{"txt"/"json": bytes} of each sample of a tar, in order, reading no other member's bytes."""
+    with tarfile.open(path, mode="r:*") as tar:
+        key, fields = None, {}
+        for info in tar:
+            if info.isreg():
+                member_key, ext = wds.tariterators.base_plus_ext(info.name)
+                if member_key != key:
+                    if key is not None:
+                        yield fields
+                    key, fields = member_key, {}
+                if ext in ("txt", "json"):
+                    fields[ext] = tar.extractfile(info).read()
+            tar.members = []
+        if key is not None:
+            yield fields
+
+
 def iter_captions(inputs: list[str]) -> Iterator[str]:
-    """Every non-empty caption of tars, index files or `.txt` files (one caption per line)."""
+    """Every non-empty caption of tars, index files or `.txt` files (one caption per line); a tar's
+    media bytes are never read."""
     for path in expand_inputs(inputs):
         if path.endswith(".txt"):
             lines = Path(path).read_bytes().splitlines()
@@ -560,11 +579,11 @@ def iter_captions(inputs: list[str]) -> Iterator[str]:
                     yield text
         elif path.endswith(TAR_SUFFIXES):
             try:
-                for sample in wds.tariterators.group_by_keys(_tar_members(path)):
-                    text, _ = sample_caption(sample)
+                for fields in _caption_fields(path):
+                    text, _ = sample_caption(fields)
                     if text:
                         yield text
-            except (BrokenTar, ValueError) as error:
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
                 logging.warning("%s: captions after the break are not read: %s", path, error)
         else:
             raise ValueError(f"{path}: captions come from .txt, {', '.join(INDEX_SUFFIXES)} or tar files")

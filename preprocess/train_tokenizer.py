@@ -6,11 +6,14 @@
 writes tok/captions.model and tok/captions.vocab (atomically). Ids 0-3 are pad, unk, bos, eos,
 and "None" is a piece of its own (the V2V condition, see preprocess/text.py). The vocabulary
 size is an upper bound: a small corpus (the demo's) yields fewer pieces instead of failing.
-Training reads every caption and uses one thread, so the model is the same bytes on every run.
+Training sees at most `--max-captions` captions, a uniform sample drawn with a fixed seed (all of them
+in a smaller corpus), so memory stays bounded; with one thread the model is the same bytes on every run.
 """
 import preprocess  # noqa: F401  (first: see preprocess/__init__.py)
 import argparse
 import io
+import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
@@ -21,9 +24,21 @@ from preprocess.readers import iter_captions
 from preprocess.text import BOS_ID, EOS_ID, NONE_TEXT, PAD_ID, UNK_ID, CaptionTokenizer
 
 
-def train_tokenizer(inputs: list[str], output_prefix: str | Path, vocab_size: int = 8192) -> CaptionTokenizer:
-    """Train on the lower-cased captions of `inputs`; returns the loaded tokenizer."""
-    captions = [text.lower() for text in iter_captions(inputs)]
+def sample_captions(captions: Iterator[str], size: int, seed: int = 0) -> list[str]:
+    """A uniform sample of at most `size` captions (reservoir sampling), in input order when all fit."""
+    rng, kept = random.Random(seed), []
+    for seen, caption in enumerate(captions):
+        if seen < size:
+            kept.append(caption)
+        elif (slot := rng.randrange(seen + 1)) < size:
+            kept[slot] = caption
+    return kept
+
+
+def train_tokenizer(inputs: list[str], output_prefix: str | Path, vocab_size: int = 8192,
+                    max_captions: int = 2_000_000) -> CaptionTokenizer:
+    """Train on (a sample of at most `max_captions` of) the lower-cased captions of `inputs`."""
+    captions = sample_captions((text.lower() for text in iter_captions(inputs)), max_captions)
     if not captions:
         raise ValueError(f"no captions found in {inputs}")
     model = io.BytesIO()  # in memory: a model_prefix would be recorded in the model and change its bytes
@@ -46,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", nargs="+", required=True, help="tars (brace patterns ok), .csv/.jsonl indexes, .txt")
     parser.add_argument("--output", required=True, help="model prefix: writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=8192, help="upper bound on the number of pieces")
+    parser.add_argument("--max-captions", type=int, default=2_000_000,
+                        help="captions the trainer sees at most: a seeded uniform sample of a larger corpus")
     args = parser.parse_args(argv)
     with errors_in_one_line("train_tokenizer"):
-        tokenizer = train_tokenizer(args.input, args.output, args.vocab_size)
+        tokenizer = train_tokenizer(args.input, args.output, args.vocab_size, args.max_captions)
     print(f"tokenizer: {tokenizer.vocab_size} pieces, fingerprint {tokenizer.fingerprint()} → {args.output}.model")
 
 

@@ -205,6 +205,27 @@ def test_caption_tokenizer(assets, tmp_path):
     assert again.fingerprint() == tokenizer.fingerprint()
 
 
+def test_caption_reading_skips_media_bytes_and_the_sample_is_bounded(tmp_path, monkeypatch):
+    import tarfile
+
+    from preprocess.train_tokenizer import sample_captions
+
+    samples = [{"__key__": f"k{i}", "jpg": b"\xff" * 50_000, "txt": f"caption {i}".encode()} for i in range(6)]
+    samples.append({"__key__": "k6", "mp4": b"\x00" * 50_000, "json": b'{"caption": "from json"}'})
+    tar = write_tar(tmp_path / "media.tar", samples)
+    extracted = []
+    extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: extracted.append(m.name) or extract(self, m))
+    assert list(readers.iter_captions([str(tar)])) == [f"caption {i}" for i in range(6)] + ["from json"]
+    assert all(name.endswith((".txt", ".json")) for name in extracted) and len(extracted) == 7
+    captions = [f"c{i}" for i in range(1000)]
+    assert sample_captions(iter(captions[:50]), 100) == captions[:50]  # a corpus that fits: all, in order
+    sample = sample_captions(iter(captions), 100)
+    assert len(sample) == 100 and len(set(sample)) == 100 and set(sample) <= set(captions)
+    assert sample == sample_captions(iter(captions), 100) and sample != captions[:100]  # seeded, and uniform
+    assert max(int(c[1:]) for c in sample) > 500
+
+
 # ------------------------------------------------------------------------------------ images
 
 
