@@ -2,7 +2,9 @@
 
 One folder per dataset and modality::
 
-    manifest.json                  totals, shapes, dtypes, identities, skipped inputs, shard list
+    manifest.json                  totals, shapes, dtypes, identities, counts of skips, shard list
+    details.json                   every skipped input, caption issue and unit record (kept out of
+                                   manifest.json, which every training rank reads at start-up)
     settings.json                  what fixes the bytes (identities, sampling, shard size, units);
                                    a re-run with other settings is refused
     shard-UUUUU-PPPP/              part PPPP of input unit UUUUU (a tar, or a block of index rows)
@@ -12,15 +14,17 @@ One folder per dataset and modality::
         keys.json                  [n] sample keys
     unit-UUUUU.json                record of a finished unit: its shards, skips, caption issues
     manifest.split-IIIII-of-KKKKK.json   instead of manifest.json when a run is one of K splits
+                                   (whole: details included)
 
 manifest.json fields: modality, resolution, grid [S, H, W], text_length, codebook_size,
 vqgan_fingerprint, tokenizer_fingerprint, tokenizer_vocab_size, none_text_ids (the encoded
 V2V condition "None"), sampling (video clips), codes_dtype, text_dtype, format; num_samples,
 num_inputs, num_inputs_used, num_skipped (num_inputs = num_inputs_used + num_skipped; a video
-may give several samples), skipped_by_reason and skipped {reason: [{key, source, detail}]},
-captions_by_issue and captions {caption_missing | caption_non_utf8: [keys]} (those samples
-are kept), shards [{name, num_samples}] in global order, units (the per-unit records), and
-split {index, count, num_units} in a split's manifest.
+may give several samples), skipped_by_reason, captions_by_issue (those samples are kept),
+shards [{name, num_samples}] in global order, details (the file name), and split {index, count,
+num_units} in a split's manifest. details.json: skipped {reason: [{key, source, detail}]},
+captions {caption_missing | caption_non_utf8: [keys]}, units (the per-unit records). Shards of
+format /1, with the details inline in manifest.json, still read.
 
 Global sample order is unit order, then part, then position; `ShardDataset[i]` maps a global
 index to its shard through the cumulative counts of the manifest's shard list, and reads it
@@ -40,10 +44,15 @@ import numpy as np
 
 from model.storage import atomic_path, atomic_write, remove
 
-FORMAT = "nuwa-code-shards/1"
+FORMAT = "nuwa-code-shards/2"
+READABLE_FORMATS = ("nuwa-code-shards/1", FORMAT)
+"""/1 held the per-input details in manifest.json itself; /2 keeps them in details.json."""
 CODES_DTYPE = "uint16"
 TEXT_DTYPE = "int32"
 MANIFEST = "manifest.json"
+DETAILS = "details.json"
+DETAIL_FIELDS = ("skipped", "captions", "units")
+"""Per-input records (every skip, every caption issue's keys, every unit): none of the trainer's business."""
 SETTINGS = "settings.json"
 TMP_PREFIX = ".tmp-"
 
@@ -119,7 +128,13 @@ class ShardWriter:
         return json.loads(self.unit_path(unit).read_text(encoding="utf-8"))
 
     def write_manifest(self, manifest: dict, name: str = MANIFEST) -> Path:
+        """The final manifest goes out in two files, so that what every rank reads at start-up does not grow
+        with the number of inputs: DETAILS first, then manifest.json (the completion marker) naming it. A
+        split's manifest stays whole: it is merged, never trained on."""
         path = self.folder / name
+        if name == MANIFEST:
+            atomic_write(self.folder / DETAILS, _dumps({k: manifest[k] for k in DETAIL_FIELDS}), prefix=TMP_PREFIX)
+            manifest = {**{k: v for k, v in manifest.items() if k not in DETAIL_FIELDS}, "details": DETAILS}
         atomic_write(path, _dumps(manifest), prefix=TMP_PREFIX)
         return path
 
@@ -185,7 +200,8 @@ def merge_manifests(manifests: list[dict]) -> dict:
 class ShardDataset:
     """Random access to code shards by global sample index (memmapped, opened on first use).
 
-    `ds[i]` → {"codes": uint16 [S, H, W], "text": int32 [77], "text_len": int, "key": str}."""
+    `ds[i]` → {"codes": uint16 [S, H, W], "text": int32 [77], "text_len": int}; `ds.key(i)` → its key
+    (read from the shard's keys.json on first use: the training path never needs it)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -195,8 +211,8 @@ class ShardDataset:
             hint = f"; merge the split manifests {splits} with preprocess/merge_manifests.py" if splits else ""
             raise FileNotFoundError(f"{path} not found{hint}")
         self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        if self.manifest.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{path}: format {self.manifest.get('format')!r}, expected one of {READABLE_FORMATS}")
         self.shards = [s["name"] for s in self.manifest["shards"]]
         self.offsets = np.cumsum([0] + [s["num_samples"] for s in self.manifest["shards"]])
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -235,8 +251,13 @@ class ShardDataset:
     def __getitem__(self, index: int) -> dict:
         shard, row = self.locate(index)
         codes, text, text_len = self._open(shard)
-        return {"codes": np.array(codes[row]), "text": np.array(text[row]), "text_len": int(text_len[row]),
-                "key": self.key(index)}
+        return {"codes": np.array(codes[row]), "text": np.array(text[row]), "text_len": int(text_len[row])}
+
+    def details(self) -> dict:
+        """{"skipped": {reason: [{key, source, detail}]}, "captions": {issue: [keys]}, "units": [records]}."""
+        if "details" not in self.manifest:  # format /1: inline
+            return {k: self.manifest[k] for k in DETAIL_FIELDS}
+        return json.loads((self.folder / self.manifest["details"]).read_text(encoding="utf-8"))
 
     def check_compatible(self, expected: dict) -> None:
         """Raise ValueError naming every manifest field that differs from `expected`

@@ -402,7 +402,7 @@ def test_image_run_end_to_end(image_run, image_data, assets):
     assert [s["key"] for s in manifest["skipped"]["broken_tar"]] == ["b5"]
     assert manifest["captions"] == {"caption_missing": ["a6"], "caption_non_utf8": ["a7", "media/c0.png"]}
     assert manifest["grid"] == [1, 8, 8] and manifest["resolution"] == 64 and manifest["codebook_size"] == 512
-    keys = [ds[i]["key"] for i in range(len(ds))]
+    keys = [ds.key(i) for i in range(len(ds))]
     assert keys == [f"a{i}" for i in range(8)] + ["b4", "media/c0.png", "media/c0.png"]
     assert [s["name"] for s in manifest["shards"]] == [
         "shard-00000-0000", "shard-00000-0001", "shard-00000-0002", "shard-00001-0000", "shard-00002-0000"]
@@ -549,10 +549,10 @@ def test_video_run_end_to_end_with_the_cli(video_data, assets, tmp_path):
     manifest = ds.manifest
     assert manifest["grid"] == [10, 8, 8] and manifest["sampling"] == {"num_frames": 10, "fps": 2.5, "start": 0.0,
                                                                         "max_clips": 2}
-    assert [ds[i]["key"] for i in range(len(ds))] == ["v0#0", "v0#1", "v1#0", "v1#1", "v5#0"]  # v5: 5 s, one clip
+    assert [ds.key(i) for i in range(len(ds))] == ["v0#0", "v0#1", "v1#0", "v1#1", "v5#0"]  # v5: 5 s, one clip
     assert manifest["skipped_by_reason"] == {"corrupt_video": 1, "video_too_short": 1, "zero_byte_file": 1}
     assert manifest["num_inputs_used"] + manifest["num_skipped"] == manifest["num_inputs"] == 6
-    assert manifest["captions"] == {"caption_missing": ["v5"]}
+    assert ds.details()["captions"] == {"caption_missing": ["v5"]}
     vqgan = VQGAN.from_pretrained(assets["vqgan"]).eval()
     clips = video_clips(video_data["samples"][1]["webm"], ClipSampling(max_clips=2), 64)
     with torch.inference_mode():

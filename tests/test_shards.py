@@ -52,14 +52,15 @@ def test_round_trip_by_global_index(tmp_path):
         assert item["codes"].dtype == np.uint16 and item["codes"].shape == (2, 3, 3)
         np.testing.assert_array_equal(item["codes"], codes)
         np.testing.assert_array_equal(item["text"], text)
-        assert item["text_len"] == text_len and item["key"] == key
+        assert item["text_len"] == text_len and ds.key(index) == key and "key" not in item
     np.testing.assert_array_equal(ds.text_lengths(), [f[2] for f in flat])
     with pytest.raises(IndexError, match="12 samples"):
         ds[12]
     manifest = ds.manifest
     assert manifest["num_samples"] == 12 and manifest["num_inputs"] == 15 and manifest["num_skipped"] == 3
     assert manifest["num_inputs_used"] + manifest["num_skipped"] == manifest["num_inputs"]
-    assert manifest["skipped"]["corrupt_image"][1] == {"key": "bad1", "source": "1.tar", "detail": "x"}
+    assert "skipped" not in manifest and "units" not in manifest  # kept out of what every rank loads
+    assert ds.details()["skipped"]["corrupt_image"][1] == {"key": "bad1", "source": "1.tar", "detail": "x"}
     assert manifest["captions_by_issue"] == {"caption_missing": 2}
     assert manifest["codes_dtype"] == "uint16" and manifest["text_dtype"] == "int32"
 
@@ -85,7 +86,7 @@ def test_writes_are_atomic_and_byte_identical(tmp_path):
     writer = _write(tmp_path / "b", records, arrays)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert [str(f) for f in files] == [
-        "manifest.json", "shard-00000-0000/codes.npy", "shard-00000-0000/keys.json", "shard-00000-0000/text.npy",
+        "details.json", "manifest.json", "shard-00000-0000/codes.npy", "shard-00000-0000/keys.json", "shard-00000-0000/text.npy",
         "shard-00000-0000/text_len.npy", "shard-00000-0001/codes.npy", "shard-00000-0001/keys.json",
         "shard-00000-0001/text.npy", "shard-00000-0001/text_len.npy", "unit-00000.json"]
     for f in files:
@@ -122,3 +123,16 @@ def test_merge_manifests_equals_the_single_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="merge the split manifests"):
         ShardDataset(tmp_path)
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_format_1_shards_with_inline_details_still_read(tmp_path):
+    records, arrays = _records(np.random.default_rng(3), [[2, 1]])
+    _write(tmp_path, records, arrays)
+    details = json.loads((tmp_path / "details.json").read_text())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = {**{k: v for k, v in manifest.items() if k != "details"}, **details, "format": "nuwa-code-shards/1"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "details.json").unlink()
+    ds = ShardDataset(tmp_path)
+    assert len(ds) == 3 and ds.details() == details
+    np.testing.assert_array_equal(ds[2]["codes"], arrays[1][1][0])  # the second shard's first sample
