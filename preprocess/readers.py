@@ -241,21 +241,29 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
     none (tests/test_containers.py holds each container to a reference decoding)."""
     if not data:
         raise SkipInput(ZERO_BYTE)
-    container, stated = probe(data)
-    if container in PYAV_FORMATS:
-        return pyav_clips(data, sampling, resolution)
-    try:
-        return decord_clips(data, sampling, resolution, stated)
-    except SkipInput as first:
+    video = probe(data)
+    if video.container in PYAV_FORMATS:
+        clips = pyav_frames(data, sampling)
+    else:
         try:
-            return pyav_clips(data, sampling, resolution)
-        except SkipInput as second:
-            raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
+            clips = decord_frames(data, sampling, video.duration)
+        except SkipInput as first:
+            try:
+                clips = pyav_frames(data, sampling)
+            except SkipInput as second:
+                raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
+    return [np.stack([upright(frame, video, resolution) for frame in clip]) for clip in clips]
 
 
-def _resize_clip(frames: list[np.ndarray], resolution: int) -> np.ndarray:
-    return np.stack([np.asarray(resize_center_crop(Image.fromarray(f), resolution)).transpose(2, 0, 1)
-                     for f in frames])
+def upright(frame: np.ndarray, video: Probe, resolution: int) -> np.ndarray:
+    """A stored frame [H, W, 3] as displayed (square pixels, turned by the display rotation), then the
+    short side to `resolution` and centre-cropped: uint8 [3, resolution, resolution]."""
+    image = Image.fromarray(frame)
+    if abs(video.pixel_aspect - 1) > 1e-3:
+        image = image.resize((max(1, round(image.width * video.pixel_aspect)), image.height), Image.BICUBIC)
+    if video.rotation:
+        image = Image.fromarray(np.rot90(np.asarray(image), k=video.rotation // 90).copy())
+    return np.asarray(resize_center_crop(image, resolution)).transpose(2, 0, 1)
 
 
 def _too_short(duration: float, sampling: ClipSampling) -> SkipInput:
@@ -267,24 +275,43 @@ PYAV_FORMATS = {"mpegts", "mpeg", "mpegvideo", "gif", "asf"}
 """FFmpeg's names of the containers that PyAV reads instead of decord (see video_clips)."""
 
 
-def probe(data: bytes) -> tuple[str | None, float | None]:
-    """(FFmpeg's name of the container, the length in seconds its header states) from the header alone;
-    None for what it cannot tell."""
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What the container says of a video, from its header and first frame."""
+    container: str | None = None
+    """FFmpeg's name of the container format."""
+    duration: float | None = None
+    """Stated length in seconds."""
+    rotation: int = 0
+    """Degrees to turn the stored frames counterclockwise for display (a phone's display matrix)."""
+    pixel_aspect: float = 1.0
+    """Width of a stored pixel over its height (anamorphic video: not 1)."""
+
+
+def probe(data: bytes) -> Probe:
+    """The container's name, stated length, display rotation and pixel aspect (PyAV; one frame decoded)."""
     import av
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            stream = container.streams.video[0] if container.streams.video else None
-            if stream is not None and stream.duration and stream.time_base:
-                return container.format.name, float(stream.duration * stream.time_base)
-            return container.format.name, container.duration / av.time_base if container.duration else None
+            if not container.streams.video:
+                return Probe(container.format.name)
+            stream = container.streams.video[0]
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = container.duration / av.time_base if container.duration else None
+            first = next(container.decode(stream), None)
+            rotation = int(round((first.rotation if first is not None else 0) / 90)) * 90 % 360
+            aspect = stream.sample_aspect_ratio
+            return Probe(container.format.name, duration, rotation, float(aspect) if aspect else 1.0)
     except av.error.FFmpegError:
-        return None, None
+        return Probe()
 
 
-def decord_clips(data: bytes, sampling: ClipSampling, resolution: int, stated: float | None = None
-                 ) -> list[np.ndarray]:
-    """Clips read with decord; refused (SkipInput) when decord's length is not the `stated` one."""
+def decord_frames(data: bytes, sampling: ClipSampling, stated: float | None = None) -> list[list[np.ndarray]]:
+    """The stored frames [H, W, 3] of each clip, read with decord; refused (SkipInput) when decord's
+    timestamps do not increase from 0 or its length is not the `stated` one."""
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -309,7 +336,7 @@ def decord_clips(data: bytes, sampling: ClipSampling, resolution: int, stated: f
         # Free the reader now: left in a traceback's reference cycle, it would be collected later,
         # possibly in a forked DataLoader worker, where decord's destructor aborts the process.
         del reader
-    return [_resize_clip([frames[i] for i in clip], resolution) for clip in clips]
+    return [[frames[i] for i in clip] for clip in clips]
 
 
 AVFMT_NOTIMESTAMPS = 0x80
@@ -317,7 +344,7 @@ AVFMT_NOTIMESTAMPS = 0x80
 so they are read from the start, not sought."""
 
 
-def pyav_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
+def pyav_frames(data: bytes, sampling: ClipSampling) -> list[list[np.ndarray]]:
     """The same clips read with PyAV: seek to the first clip, decode in presentation order up to the end of
     the last one, and keep only the frames that the clip times pick (the last frame shown at each time).
     Where the seek misses (no frame, or the first one after the first clip time), it reads from the start."""
@@ -332,8 +359,20 @@ def pyav_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.
     if not count:
         raise _too_short(duration, sampling)
     last = picked[max(picked)]
-    return [_resize_clip([picked.get(c * sampling.num_frames + j, last) for j in range(sampling.num_frames)],
-                         resolution) for c in range(count)]
+    return [[picked.get(c * sampling.num_frames + j, last) for j in range(sampling.num_frames)]
+            for c in range(count)]
+
+
+def _decoded(container, stream) -> Iterator:
+    """A stream's frames in presentation order; a packet the decoder rejects (damaged data) is passed over,
+    so a damaged stretch shows the frame before it instead of ending the video."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
 
 
 def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[int, np.ndarray], float] | None:
@@ -352,14 +391,14 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
         end = sampling.start + sampling.max_clips * sampling.seconds
         times = [sampling.start + c * sampling.seconds + j / sampling.fps
                  for c in range(sampling.max_clips) for j in range(sampling.num_frames)]
-        frames = container.decode(stream)
+        frames = _decoded(container, stream)
         first = next(frames, None)
         if first is None:
             raise SkipInput(CORRUPT_VIDEO, "no frames")
         origin = first.pts or 0  # time 0 is the first frame's, not the stream's start (MPEG-PS/TS differ)
         if seek and not container.format.flags & AVFMT_NOTIMESTAMPS:
             container.seek(int(origin + sampling.start / base), stream=stream, backward=True)
-            frames = container.decode(stream)
+            frames = _decoded(container, stream)
         else:
             frames = itertools.chain([first], frames)
         picked, previous, last_end, pending = {}, None, 0.0, 0

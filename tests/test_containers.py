@@ -1,5 +1,6 @@
 """Real files in the containers and image formats users have, made here with PyAV and PIL."""
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from PIL import Image
 
 from preprocess import readers
-from preprocess.readers import ClipSampling, SkipInput, decord_clips, image_pixels, iter_tar, pyav_clips, video_clips
+from preprocess.readers import (ClipSampling, SkipInput, decord_frames, image_pixels, iter_tar, pyav_frames,
+                                video_clips)
 from test_preprocess import counter_frame, read_counter, write_tar
 
 FPS = 25  # a rate every container and codec below takes (MPEG-1/2 allow only the standard ones)
@@ -79,10 +81,10 @@ def test_every_container_gives_the_sampled_frames(ext, fmt, codec):
 def test_pyav_reads_what_decord_reads():
     """The fallback reader picks the same frames as decord, with the same pixels (both are FFmpeg's decoders)."""
     data = encode("mp4", "libx264", int(8.5 * FPS))
-    first, second = decord_clips(data, SAMPLING, 64), pyav_clips(data, SAMPLING, 64)
-    assert [c.shape for c in first] == [c.shape for c in second]
-    for a, b in zip(first, second):
-        assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+    first, second = decord_frames(data, SAMPLING), pyav_frames(data, SAMPLING)
+    assert [len(c) for c in first] == [len(c) for c in second] == [10, 10]
+    for a, b in zip((f for c in first for f in c), (f for c in second for f in c)):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -133,3 +135,87 @@ def test_videos_with_unknown_extensions_in_a_tar(tmp_path):
     for item in items:
         clips = video_clips(item.media, ClipSampling(), 64)
         assert [read_counter(frame) for frame in clips[0]] == [i * 10 for i in range(10)], item.key
+
+
+def encode_frames(frames: list[np.ndarray], pts: list[int] | None = None, time_base: int = FPS, rotation: int = 0,
+                  pixel_aspect: Fraction | None = None, pix_fmt: str = "yuv420p") -> bytes:
+    """An H.264 MP4 of the given RGB frames, at the given timestamps (1 / time_base s), with a display
+    rotation and a pixel aspect ratio."""
+    buffer = io.BytesIO()
+    height, width = frames[0].shape[:2]
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=time_base)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.time_base = Fraction(1, time_base)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if pixel_aspect:
+            stream.codec_context.sample_aspect_ratio = pixel_aspect
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i if pts is None else pts[i]
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def quadrants(height: int, width: int) -> np.ndarray:
+    """Red, green / blue, white quadrants: any turn or mirror of it is another picture."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 2, : width // 2] = (255, 0, 0)
+    image[: height // 2, width // 2:] = (0, 255, 0)
+    image[height // 2:, : width // 2] = (0, 0, 255)
+    image[height // 2:, width // 2:] = 255
+    return image
+
+
+def test_a_phone_video_comes_out_upright():
+    """Stored landscape, displayed portrait: the display matrix turns it (FFmpeg's rotation: counterclockwise)."""
+    upright = quadrants(64, 48)
+    stored = np.rot90(upright, k=-1).copy()  # what a phone held sideways records
+    data = encode_frames([stored] * 5 * FPS, rotation=90)
+    frame = video_clips(data, ClipSampling(num_frames=2), 48)[0][0].transpose(1, 2, 0)
+    expected = np.asarray(readers.resize_center_crop(Image.fromarray(upright), 48))
+    assert np.abs(frame.astype(int) - expected).mean() < 12
+
+
+def test_anamorphic_pixels_are_made_square():
+    """64×32 stored pixels twice as wide as high are a 128×32 picture: red is its left 48 columns."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :24] = (255, 0, 0)
+    stored[:, 24:] = (0, 0, 255)
+    frame = video_clips(encode_frames([stored] * 5 * FPS, pixel_aspect=Fraction(2, 1)), ClipSampling(num_frames=2),
+                        32)[0][0]
+    assert frame[2].mean() > 200 and frame[0].mean() < 40  # the centre crop of 128×32 is all blue
+
+
+@pytest.mark.parametrize("height, width", [(35, 63), (64, 36), (32, 128)], ids=["odd", "portrait", "ultra-wide"])
+def test_odd_portrait_and_ultra_wide_sizes_are_cropped_at_the_centre(height, width):
+    picture = quadrants(height, width)
+    data = encode_frames([picture] * 5 * FPS, pix_fmt="yuv444p")
+    frame = video_clips(data, ClipSampling(num_frames=2), 16)[0][0].transpose(1, 2, 0)
+    expected = np.asarray(readers.resize_center_crop(Image.fromarray(picture), 16))
+    assert np.abs(frame.astype(int) - expected).mean() < 12
+
+
+def test_variable_frame_rate_clips_are_taken_by_timestamp():
+    rng = np.random.default_rng(0)
+    pts = np.cumsum(rng.integers(20, 160, 120)).tolist()  # ms between frames: 20 to 160
+    data = encode_frames([counter_frame(i) for i in range(120)], pts=[p - pts[0] for p in pts], time_base=1000)
+    sampling = ClipSampling(num_frames=10, fps=2.5, start=0.3, max_clips=2)
+    got = [[read_counter(frame) for frame in clip] for clip in video_clips(data, sampling, 64)]
+    times = [[0.3 + 4 * c + 0.4 * j for j in range(10)] for c in range(len(got))]
+    shown = [(p - pts[0]) / 1000 for p in pts]
+    assert got == [[max(i for i, t0 in enumerate(shown) if t0 <= t + 1e-3) for t in clip] for clip in times]
+    assert got == on_screen(data, times)
+
+
+def test_a_damaged_frame_is_decoded_past():
+    """Damaged bytes mid-video: FFmpeg's decoders conceal the damage and go on, so the clip is kept
+    (frames near the damage may show it; the frames after the next keyframe are whole)."""
+    data = bytearray(encode("mp4", "libx264", int(8.5 * FPS)))
+    middle = len(data) // 2
+    data[middle:middle + 300] = bytes(300)
+    clips = video_clips(bytes(data), SAMPLING, 64)
+    assert len(clips) == 2
+    assert [read_counter(frame) for frame in clips[0][:3]] == EXPECTED[0][:3]  # before the damage
