@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from model.vqgan import VQGAN
-from preprocess.readers import (DECODE_ERROR, ClipSampling, InputUnit, Skip, SkipInput, image_pixels, iter_unit,
-                                list_units, uint8_to_model, video_clips)
+from preprocess.readers import (DECODE_ERROR, NO_CURATION, ClipSampling, Curation, InputUnit, Skip, SkipInput,
+                                image_pixels, iter_unit, list_units, uint8_to_model, video_clips)
 from preprocess.shards import MANIFEST, ShardWriter, make_manifest, shard_name, split_manifest_name
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
 
@@ -51,6 +51,10 @@ class TokenizeConfig:
     frame_rate: float = 2.5
     clip_start: float = 0.0
     clips_per_video: int = 1
+    min_side: int = 0
+    max_aspect: float = 0.0
+    cut_threshold: float = 0.0
+    min_motion: float = 0.0
 
     def __post_init__(self):
         if self.modality not in ("image", "video"):
@@ -64,6 +68,10 @@ class TokenizeConfig:
     def sampling(self) -> ClipSampling:
         return ClipSampling(self.num_frames, self.frame_rate, self.clip_start, self.clips_per_video)
 
+    @property
+    def curation(self) -> Curation:
+        return Curation(self.min_side, self.max_aspect, self.cut_threshold, self.min_motion)
+
 
 class DecodeStream(IterableDataset):
     """Decoded samples of the given units, in unit order per worker, as chunks of ≤ `chunk_size`.
@@ -73,9 +81,9 @@ class DecodeStream(IterableDataset):
     chunk of a unit end=True with num_inputs and num_inputs_used."""
 
     def __init__(self, units: list[tuple[int, InputUnit]], modality: str, resolution: int, sampling: ClipSampling,
-                 chunk_size: int):
+                 chunk_size: int, curation: Curation = NO_CURATION):
         self.units, self.modality, self.resolution = units, modality, resolution
-        self.sampling, self.chunk_size = sampling, chunk_size
+        self.sampling, self.chunk_size, self.curation = sampling, chunk_size, curation
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -86,8 +94,8 @@ class DecodeStream(IterableDataset):
     def decode(self, media: bytes) -> list[np.ndarray]:
         """One input's pixels: one image, or one array per clip."""
         if self.modality == "image":
-            return [image_pixels(media, self.resolution)]
-        return video_clips(media, self.sampling, self.resolution)
+            return [image_pixels(media, self.resolution, self.curation)]
+        return video_clips(media, self.sampling, self.resolution, self.curation)
 
     def decode_unit(self, index: int, unit: InputUnit) -> Iterator[dict]:
         chunk = self._empty_chunk(index)
@@ -228,6 +236,7 @@ def _tokenize(config: TokenizeConfig) -> dict:
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "none_text_ids": tokenizer.encode_none()[0].tolist(),  # V2V's condition: the trainer needs no tokenizer
         "sampling": dataclasses.asdict(config.sampling) if config.modality == "video" else None,
+        **({"curation": dataclasses.asdict(config.curation)} if config.curation != NO_CURATION else {}),
     }
     writer = ShardWriter(config.output)
     writer.check_settings({**header, "shard_size": config.shard_size,
@@ -237,7 +246,7 @@ def _tokenize(config: TokenizeConfig) -> dict:
     todo = [u for u in mine if not writer.has_unit(u)
             or not all(writer.has_shard(s["name"]) for s in writer.read_unit(u)["shards"])]
     stream = DecodeStream([(u, units[u]) for u in todo], config.modality, resolution, config.sampling,
-                          config.batch_size)
+                          config.batch_size, config.curation)
     workers = min(config.workers, len(todo))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                         pin_memory=device.type == "cuda")

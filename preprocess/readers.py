@@ -42,7 +42,7 @@ import tarfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,8 +69,12 @@ NO_MEDIA = "no_media"
 MISSING_FILE = "missing_file"
 DECODE_ERROR = "decode_error"  # a decoder failed otherwise (the exception's type is in the detail)
 NO_VIDEO_STREAM = "no_video_stream"  # a readable file with audio (or data) streams only
+TOO_SMALL = "too_small"  # curation: shorter side below --min-side
+EXTREME_ASPECT = "extreme_aspect"  # curation: longer over shorter side above --max-aspect
+SHOT_CUT = "shot_cut"  # curation: every clip holds a hard cut (--skip-cuts)
+STATIC_CLIP = "static_clip"  # curation: every clip is still (--min-motion)
 SKIP_REASONS = (ZERO_BYTE, CORRUPT_IMAGE, DECOMPRESSION_BOMB, CORRUPT_VIDEO, VIDEO_TOO_SHORT, BROKEN_TAR,
-                NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM)
+                NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM, TOO_SMALL, EXTREME_ASPECT, SHOT_CUT, STATIC_CLIP)
 CAPTION_MISSING = "caption_missing"
 CAPTION_NON_UTF8 = "caption_non_utf8"
 
@@ -81,6 +85,47 @@ class SkipInput(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Curation:
+    """Filters of `preprocess/tokenize.py`, all off by default; what fails one is a skip with its reason.
+
+    Sizes are the picture as displayed (square pixels, rotation applied). A clip's motion is the mean
+    absolute difference of consecutive frames (0-255) after resizing; a cut is one such difference over
+    `cut_threshold` (frame differences, not a scene detector: PySceneDetect's content detector would
+    need OpenCV beside our torch). Clips that fail are dropped; a video whose clips all fail is skipped.
+    """
+    min_side: int = 0
+    """Skip pictures whose shorter side is below this (no upscaling past it); 0: off."""
+    max_aspect: float = 0.0
+    """Skip pictures whose longer side is more than this many times the shorter; 0: off."""
+    cut_threshold: float = 0.0
+    """Drop clips with a consecutive-frame difference above this (a hard cut); 0: off."""
+    min_motion: float = 0.0
+    """Drop clips whose mean consecutive-frame difference is below this (a still scene); 0: off."""
+
+    def check_size(self, width: int, height: int) -> None:
+        short, long = sorted((width, height))
+        if self.min_side and short < self.min_side:
+            raise SkipInput(TOO_SMALL, f"{width}x{height}: shorter side < {self.min_side}")
+        if self.max_aspect and long > self.max_aspect * short:
+            raise SkipInput(EXTREME_ASPECT, f"{width}x{height}: aspect {long / short:.2f} > {self.max_aspect}")
+
+    def clip_problem(self, clip: np.ndarray) -> SkipInput | None:
+        """uint8 [T, 3, H, W] → why the clip is dropped, or None."""
+        if not (self.cut_threshold or self.min_motion) or len(clip) < 2:
+            return None
+        steps = np.abs(np.diff(clip.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # [T - 1]
+        if self.cut_threshold and steps.max() > self.cut_threshold:
+            return SkipInput(SHOT_CUT, f"frame difference {steps.max():.1f} > {self.cut_threshold} at frame "
+                                       f"{int(steps.argmax()) + 1}")
+        if self.min_motion and steps.mean() < self.min_motion:
+            return SkipInput(STATIC_CLIP, f"mean frame difference {steps.mean():.2f} < {self.min_motion}")
+        return None
+
+
+NO_CURATION = Curation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +158,8 @@ class Skip:
 # ---------------------------------------------------------------------------------------- images
 
 
-def decode_image(data: bytes, max_pixels: int | None = Image.MAX_IMAGE_PIXELS, min_side: int | None = None
-                 ) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int | None = Image.MAX_IMAGE_PIXELS, min_side: int | None = None,
+                 check_size: Callable[[int, int], None] | None = None) -> Image.Image:
     """Encoded bytes → RGB image, or SkipInput (zero bytes, undecodable/truncated, over `max_pixels`).
 
     With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
@@ -127,6 +172,8 @@ def decode_image(data: bytes, max_pixels: int | None = Image.MAX_IMAGE_PIXELS, m
             image = Image.open(io.BytesIO(data))
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise SkipInput(DECOMPRESSION_BOMB, f"{image.width}x{image.height} > {max_pixels} pixels")
+            if check_size is not None:
+                check_size(image.width, image.height)
             if min_side is not None and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))
             image.load()
@@ -183,9 +230,9 @@ def load_image(data: bytes, resolution: int) -> torch.Tensor:
     return image_to_tensor(resize_center_crop(decode_image(data, min_side=resolution), resolution))
 
 
-def image_pixels(data: bytes, resolution: int) -> np.ndarray:
+def image_pixels(data: bytes, resolution: int, curation: Curation = NO_CURATION) -> np.ndarray:
     """Encoded image bytes → uint8 [3, resolution, resolution], what workers send to the encoder."""
-    image = resize_center_crop(decode_image(data, min_side=resolution), resolution)
+    image = resize_center_crop(decode_image(data, min_side=resolution, check_size=curation.check_size), resolution)
     return np.asarray(image).transpose(2, 0, 1).copy()
 
 
@@ -231,7 +278,8 @@ def frame_timestamps(reader) -> tuple[np.ndarray, float]:
     return timestamps[:, 0], float(timestamps[-1, 1])
 
 
-def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np.ndarray]:
+def video_clips(data: bytes, sampling: ClipSampling, resolution: int, curation: Curation = NO_CURATION
+                ) -> list[np.ndarray]:
     """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput).
 
     decord reads the video; what it cannot read, or measures to a length other than the container
@@ -242,6 +290,8 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
     if not data:
         raise SkipInput(ZERO_BYTE)
     video = probe(data)
+    if video.size is not None:
+        curation.check_size(*video.size)
     if video.container in PYAV_FORMATS:
         clips = pyav_frames(data, sampling)
     else:
@@ -252,7 +302,12 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int) -> list[np
                 clips = pyav_frames(data, sampling)
             except SkipInput as second:
                 raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
-    return [np.stack([upright(frame, video, resolution) for frame in clip]) for clip in clips]
+    clips = [np.stack([upright(frame, video, resolution) for frame in clip]) for clip in clips]
+    problems = [curation.clip_problem(clip) for clip in clips]
+    kept = [clip for clip, problem in zip(clips, problems) if problem is None]
+    if not kept:
+        raise problems[0]
+    return kept
 
 
 def upright(frame: np.ndarray, video: Probe, resolution: int) -> np.ndarray:
@@ -286,6 +341,8 @@ class Probe:
     """Degrees to turn the stored frames counterclockwise for display (a phone's display matrix)."""
     pixel_aspect: float = 1.0
     """Width of a stored pixel over its height (anamorphic video: not 1)."""
+    size: tuple[int, int] | None = None
+    """(width, height) of the picture as displayed: square pixels, rotation applied."""
 
 
 def probe(data: bytes) -> Probe:
@@ -302,9 +359,13 @@ def probe(data: bytes) -> Probe:
             else:
                 duration = container.duration / av.time_base if container.duration else None
             first = next(container.decode(stream), None)
-            rotation = int(round((first.rotation if first is not None else 0) / 90)) * 90 % 360
-            aspect = stream.sample_aspect_ratio
-            return Probe(container.format.name, duration, rotation, float(aspect) if aspect else 1.0)
+            if first is None:
+                return Probe(container.format.name, duration)
+            rotation = int(round(first.rotation / 90)) * 90 % 360
+            aspect = float(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else 1.0
+            width, height = max(1, round(first.width * aspect)), first.height
+            size = (height, width) if rotation in (90, 270) else (width, height)
+            return Probe(container.format.name, duration, rotation, aspect, size)
     except av.error.FFmpegError:
         return Probe()
 

@@ -39,6 +39,15 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     parser.add_argument("--clip-start", type=float, default=defaults.clip_start, help="seconds skipped per video")
     parser.add_argument("--clips-per-video", type=int, default=defaults.clips_per_video,
                         help="consecutive clips taken from long videos (keys get #0, #1, … when > 1)")
+    curation = parser.add_argument_group("curation (off by default; what fails is skipped with its reason)")
+    curation.add_argument("--min-side", type=int, default=0, help="skip pictures whose shorter side is below this")
+    curation.add_argument("--max-aspect", type=float, default=0.0,
+                          help="skip pictures whose longer side exceeds this many times the shorter")
+    curation.add_argument("--skip-cuts", type=float, nargs="?", const=40.0, default=0.0, metavar="THRESHOLD",
+                          help="drop video clips holding a hard cut: a consecutive-frame difference (0-255) above "
+                               "THRESHOLD (default 40)")
+    curation.add_argument("--min-motion", type=float, default=0.0,
+                          help="drop still video clips: mean consecutive-frame difference (0-255) below this")
     args = parser.parse_args(argv)
     num_splits = args.num_splits if args.num_splits is not None else int(os.environ.get("WORLD_SIZE", 1))
     split = args.split if args.split is not None else int(os.environ.get("RANK", 0))
@@ -48,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     return TokenizeConfig(args.modality, args.input, args.output, args.vqgan, args.tokenizer, workers=args.workers,
                           shard_size=args.shard_size, batch_size=args.batch_size, num_splits=num_splits, split=split,
                           device=device, threads=args.threads, num_frames=args.num_frames,
-                          frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video)
+                          frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video,
+                          min_side=args.min_side, max_aspect=args.max_aspect, cut_threshold=args.skip_cuts,
+                          min_motion=args.min_motion)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -562,3 +562,34 @@ def test_video_run_end_to_end_with_the_cli(video_data, assets, tmp_path):
     assert ds[0]["text_len"] > 2 and ds[4]["text_len"] == 0
     ds.check_compatible({"codebook_size": 512, "grid": (10, 8, 8), "tokenizer_fingerprint":
                          CaptionTokenizer(assets["tokenizer"]).fingerprint()})
+
+
+def test_curation_filters_skip_with_reasons_and_keep_bytes_independent_of_workers(assets, tmp_path):
+    from test_containers import encode_frames
+
+    def moving(i):  # a white square crossing a gray frame, 3 px a frame
+        frame = np.full((64, 64, 3), 90, np.uint8)
+        frame[24:40, (3 * i) % 48:(3 * i) % 48 + 16] = 255
+        return frame
+
+    red, blue = np.full((64, 64, 3), (200, 30, 30), np.uint8), np.full((64, 64, 3), (30, 30, 200), np.uint8)
+    videos = {"moving": [moving(i) for i in range(125)], "cut": [red] * 62 + [blue] * 63, "still": [red] * 125,
+              "small": [np.full((48, 48, 3), 128, np.uint8)] * 125, "wide": [np.full((64, 224, 3), 128, np.uint8)] * 125}
+    tar = write_tar(tmp_path / "videos.tar", [{"__key__": key, "mp4": encode_frames(frames), "txt": key.encode()}
+                                               for key, frames in videos.items()])
+    outputs = []
+    for workers in (0, 2):
+        config = TokenizeConfig("video", [str(tar)], str(tmp_path / f"codes{workers}"), assets["vqgan"],
+                                assets["tokenizer"], workers=workers, shard_size=4, batch_size=2, min_side=56,
+                                max_aspect=3.0, cut_threshold=40.0, min_motion=2.0)
+        manifest = tokenize_dataset(config)
+        outputs.append(_files(tmp_path / f"codes{workers}"))
+    assert manifest["skipped_by_reason"] == {"extreme_aspect": 1, "shot_cut": 1, "static_clip": 1, "too_small": 1}
+    assert ShardDataset(tmp_path / "codes0").key(0) == "moving" and manifest["num_samples"] == 1
+    assert outputs[0] == outputs[1]
+    assert json.loads((tmp_path / "codes0" / "settings.json").read_text())["curation"] == {
+        "min_side": 56, "max_aspect": 3.0, "cut_threshold": 40.0, "min_motion": 2.0}
+    small = encode_image(np.full((40, 40, 3), 128, np.uint8), "PNG")
+    with pytest.raises(SkipInput) as info:
+        readers.image_pixels(small, 32, readers.Curation(min_side=56))
+    assert info.value.reason == readers.TOO_SMALL
