@@ -93,8 +93,8 @@ class Curation:
 
     Sizes are the picture as displayed (square pixels, rotation applied). A clip's motion is the mean
     absolute difference of consecutive frames (0-255) after resizing; a cut is one such difference over
-    `cut_threshold` (frame differences, not a scene detector: PySceneDetect's content detector would
-    need OpenCV beside our torch). Clips that fail are dropped; a video whose clips all fail is skipped.
+    `cut_threshold` (the clip's own frames, no scene detector, so no OpenCV dependency). Clips that fail
+    are dropped; a video whose clips all fail is skipped.
     """
     min_side: int = 0
     """Skip pictures whose shorter side is below this (no upscaling past it); 0: off."""
