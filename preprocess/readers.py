@@ -29,6 +29,7 @@ deadlock, and a decord loaded before PyAV breaks PyAV's VP8 encoder in the same 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -37,8 +38,13 @@ import io
 import itertools
 import json
 import logging
+import shutil
 import struct
+import subprocess
 import tarfile
+import tempfile
+import time
+import urllib.request
 import warnings
 import zlib
 from pathlib import Path
@@ -486,12 +492,59 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
 # ---------------------------------------------------------------------------------------- inputs
 
 
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "pipe:")
+"""Inputs read over the network or from a command: tars only (a remote index file's media paths would
+be remote too). `pipe:CMD` reads CMD's standard output, as webdataset does."""
+RETRIES = 4
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_PREFIXES)
+
+
+def _download(url: str, file) -> None:
+    if url.startswith("pipe:"):
+        subprocess.run(url[len("pipe:"):], shell=True, stdout=file, stderr=subprocess.PIPE, check=True)
+    elif url.startswith(("http://", "https://")):
+        with urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, file)
+    else:
+        import fsspec  # s3:// needs s3fs, gs:// gcsfs installed beside it
+
+        with fsspec.open(url, "rb") as remote:
+            shutil.copyfileobj(remote, file)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local path holding the input: the path itself, or a temporary copy of a remote input fetched with
+    RETRIES tries (waiting 1, 2, 4 s between them); after them, an OSError that names the input."""
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.NamedTemporaryFile(suffix=".tar") as file:
+        for attempt in range(RETRIES):
+            try:
+                file.seek(0)
+                file.truncate()
+                _download(path, file)
+                file.flush()
+                break
+            except (OSError, subprocess.CalledProcessError, ValueError, ImportError) as error:
+                if attempt == RETRIES - 1:
+                    detail = error.stderr.decode(errors="replace").strip() if isinstance(
+                        error, subprocess.CalledProcessError) and error.stderr else str(error)
+                    raise OSError(f"input {path} could not be read after {RETRIES} tries: {detail}") from None
+                time.sleep(2 ** attempt)
+        yield file.name
+
+
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Expand brace patterns (`data/{00000..00099}.tar`) in the given order, then glob patterns
     (`data/*.tar`, sorted); a glob that matches nothing is an error, not an empty input."""
     paths = []
     for path in (p for pattern in inputs for p in wds.shardlists.expand_urls(pattern)):
-        if glob.has_magic(path):
+        if glob.has_magic(path) and not is_remote(path):
             matches = sorted(glob.glob(path))
             if not matches:
                 raise FileNotFoundError(f"input pattern {path!r} matches no file")
@@ -505,12 +558,12 @@ def list_units(inputs: list[str], rows_per_unit: int) -> list[InputUnit]:
     """Cut the inputs into units: each tar is one, index files give blocks of `rows_per_unit` rows.
     A missing input file is an error (a typo in a pattern), not a skip."""
     paths = expand_inputs(inputs)
-    missing = [path for path in paths if not Path(path).is_file()]
+    missing = [path for path in paths if not is_remote(path) and not Path(path).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(paths)} inputs are not local files, e.g. {missing[:3]}")
     units = []
     for path in paths:
-        if path.endswith(TAR_SUFFIXES):
+        if path.endswith(TAR_SUFFIXES) or path.startswith("pipe:"):
             units.append(InputUnit(path))
         elif path.endswith(INDEX_SUFFIXES):
             count = len(read_index(path))
@@ -594,8 +647,13 @@ def _sample_key(member: str) -> str:
 def iter_tar(path: str, modality: str) -> Iterator[RawItem | Skip]:
     """Samples of one tar in tar order, grouped by key with webdataset."""
     extensions = MEDIA_EXTENSIONS[modality]
+    with local_copy(path) as local:
+        yield from _iter_local_tar(local, path, extensions)
+
+
+def _iter_local_tar(local: str, path: str, extensions: tuple[str, ...]) -> Iterator[RawItem | Skip]:
     try:
-        for sample in wds.tariterators.group_by_keys(_tar_members(path)):
+        for sample in wds.tariterators.group_by_keys(_tar_members(local)):
             key = sample["__key__"]
             members = sorted(k for k in sample if not k.startswith("__"))
             ext = next((e for e in extensions if e in sample), None) or next(
@@ -677,13 +735,14 @@ def iter_captions(inputs: list[str]) -> Iterator[str]:
                 text, _ = decode_caption(raw)
                 if text:
                     yield text
-        elif path.endswith(TAR_SUFFIXES):
-            try:
-                for fields in _caption_fields(path):
-                    text, _ = sample_caption(fields)
-                    if text:
-                        yield text
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-                logging.warning("%s: captions after the break are not read: %s", path, error)
+        elif path.endswith(TAR_SUFFIXES) or path.startswith("pipe:"):
+            with local_copy(path) as local:
+                try:
+                    for fields in _caption_fields(local):
+                        text, _ = sample_caption(fields)
+                        if text:
+                            yield text
+                except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+                    logging.warning("%s: captions after the break are not read: %s", path, error)
         else:
             raise ValueError(f"{path}: captions come from .txt, {', '.join(INDEX_SUFFIXES)} or tar files")

@@ -593,3 +593,34 @@ def test_curation_filters_skip_with_reasons_and_keep_bytes_independent_of_worker
     with pytest.raises(SkipInput) as info:
         readers.image_pixels(small, 32, readers.Curation(min_side=56))
     assert info.value.reason == readers.TOO_SMALL
+
+
+def test_remote_inputs_give_the_bytes_of_local_ones(image_data, assets, tmp_path, monkeypatch):
+    """http:// (a server on 127.0.0.1) and pipe: inputs, with retries and a clear error after them."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_data["root"]))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        runs = {"local": [str(image_data["root"] / "{00000..00001}.tar")],
+                "http": [f"{url}/{{00000..00001}}.tar"],
+                "pipe": [f"pipe:cat {image_data['root'] / '00000.tar'}", f"pipe:cat {image_data['root'] / '00001.tar'}"]}
+        shards = {}
+        for name, inputs in runs.items():
+            config = TokenizeConfig("image", inputs, str(tmp_path / name), assets["vqgan"], assets["tokenizer"],
+                                    workers=2, shard_size=3, batch_size=2)
+            manifest = tokenize_dataset(config)
+            shards[name] = {k: v for k, v in _files(tmp_path / name).items() if k.startswith("shard-")}
+            assert manifest["num_inputs"] == 14 and manifest["num_samples"] == 9, name
+        assert shards["http"] == shards["local"] == shards["pipe"] and shards["local"]
+        monkeypatch.setattr(readers, "RETRIES", 2)
+        monkeypatch.setattr(readers.time, "sleep", lambda seconds: None)
+        with pytest.raises(OSError, match=rf"input {url}/missing.tar could not be read after 2 tries: HTTP Error 404"):
+            list(readers.iter_tar(f"{url}/missing.tar", "image"))
+    finally:
+        server.shutdown()
