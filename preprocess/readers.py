@@ -442,6 +442,22 @@ def _decoded(container, stream) -> Iterator:
             continue
 
 
+def _sought(container, stream, origin: int, base: float, time: float) -> Iterator | None:
+    """Frames from a keyframe at or before `time` seconds on, or None when no seek lands there. A seek
+    may land after its target (MPEG-TS has no index: FFmpeg guesses a byte position), so it is retried
+    1, 2, 4, … s earlier."""
+    back = 0.0
+    while True:
+        container.seek(int(origin + max(0.0, time - back) / base), stream=stream, backward=True)
+        frames = _decoded(container, stream)
+        first = next(frames, None)
+        if first is not None and first.pts is not None and (first.pts - origin) * base <= time + 1e-3:
+            return itertools.chain([first], frames)
+        if back >= time:
+            return None
+        back = max(1.0, 2 * back)
+
+
 def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[int, np.ndarray], float] | None:
     """({index of a clip time: the frame on screen then}, the video's length); None when the seek missed.
     Clip times past the last decoded frame are left out: that frame stays on screen."""
@@ -464,8 +480,9 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
             raise SkipInput(CORRUPT_VIDEO, "no frames")
         origin = first.pts or 0  # time 0 is the first frame's, not the stream's start (MPEG-PS/TS differ)
         if seek and not container.format.flags & AVFMT_NOTIMESTAMPS:
-            container.seek(int(origin + sampling.start / base), stream=stream, backward=True)
-            frames = _decoded(container, stream)
+            frames = _sought(container, stream, origin, base, sampling.start)
+            if frames is None:
+                return None
         else:
             frames = itertools.chain([first], frames)
         picked, previous, last_end, pending = {}, None, 0.0, 0

@@ -219,3 +219,24 @@ def test_a_damaged_frame_is_decoded_past():
     clips = video_clips(bytes(data), SAMPLING, 64)
     assert len(clips) == 2
     assert [read_counter(frame) for frame in clips[0][:3]] == EXPECTED[0][:3]  # before the damage
+
+
+def test_a_clip_deep_into_a_long_video_is_sought_not_decoded_from_the_start(monkeypatch):
+    """120 s of MPEG-TS (read by PyAV) with a keyframe every 2 s; the clip at 100 s decodes a few seconds."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 10
+        for i in range(600):
+            frame = av.VideoFrame.from_ndarray(counter_frame(i % 256), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    decoded = []
+    original = readers._decoded
+    monkeypatch.setattr(readers, "_decoded", lambda *args: (decoded.append(1) or f for f in original(*args)))
+    clip = video_clips(buffer.getvalue(), ClipSampling(num_frames=10, fps=2.5, start=100.0), 64)[0]
+    assert [read_counter(frame) for frame in clip] == [(500 + 2 * j) % 256 for j in range(10)]
+    assert len(decoded) < 120  # frames from the keyframe before 100 s to the clip's end, not the 520 from 0 s
