@@ -31,6 +31,10 @@ class DataConfig:
     """Folder of image code shards (T2I); empty when no task uses images."""
     video_shards: str = ""
     """Folder of video code shards (V2V, T2V)."""
+    val_image_shards: str = ""
+    """Held-out image shards (T2I validation); empty: none."""
+    val_video_shards: str = ""
+    """Held-out video shards (T2V and V2V validation); empty: none."""
     tokenizer: str = ""
     """The sentencepiece model the shards were made with (its fingerprint is checked; V2V encodes "None")."""
     micro_batch: dict[str, int] = field(default_factory=lambda: {"t2i": 8, "v2v": 2, "t2v": 2})
@@ -84,6 +88,10 @@ class TrainerConfig:
     """`skip` still stops after this many bad micro-batches in a row."""
     timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before it fails (so a dead rank ends the job)."""
+    eval_every: int = 0
+    """Steps between held-out validations (with data.val_*_shards); 0: only the final one, at the end."""
+    eval_batches: int = 8
+    """Micro-batches per task in a validation: the first eval_batches × micro_batch held-out samples."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights with this decay per step (e.g. 0.9999; 0: none),
     saved with every checkpoint and exported by `tools/convert_checkpoint.py to-safetensors --ema`."""
@@ -106,7 +114,8 @@ class PretrainConfig:
         trainer = self.trainer
         typed_config.check_at_least(trainer, "trainer", 1, "steps", "grad_accum", "checkpoint_every", "log_every",
                                     "max_consecutive_skips")
-        typed_config.check_at_least(trainer, "trainer", 0, "keep_last", "sample_every", "peak_tflops")
+        typed_config.check_at_least(trainer, "trainer", 0, "keep_last", "sample_every", "peak_tflops", "eval_every")
+        typed_config.check_at_least(trainer, "trainer", 1, "eval_batches")
         typed_config.check_at_least(trainer, "trainer", 1e-3, "timeout_s")
         typed_config.check_at_least(self.data, "data", 0, "num_workers")
         if not 0 <= trainer.ema_decay < 1:

@@ -25,6 +25,7 @@ from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
 from model.vqgan import VQGAN
 from preprocess.readers import model_to_uint8
+from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
@@ -33,6 +34,7 @@ from pretrain.ema import EMA
 from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
 from pretrain.optim import build_optimizer, lr_multiplier
+from pretrain.validation import describe, evaluate, validation_sets
 
 ENGINE_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
                "scheduler", "gradient_clipping", "bf16", "fp16"}
@@ -155,6 +157,8 @@ class Trainer:
             atomic_write(Path(trainer.output_dir) / "config.json", json.dumps(cfg.to_dict(), indent=1))
         self.stop = StopRequested()
         self.data_wait = 0.0  # seconds this step spent waiting for batches
+        self.validation = agree(lambda: validation_sets(cfg, self.tasks, CaptionTokenizer(cfg.data.tokenizer)),
+                                MISTAKES)
         self.samples = None
         if trainer.sample_every > 0:
             self.samples = SampleLogger(trainer.vqgan, self.datasets, shards, cfg.model, self.device)
@@ -227,6 +231,11 @@ class Trainer:
         return checkpoint.save(self.engine, self.config.trainer.output_dir, self.state, self.config.to_dict(),
                                self.config.trainer.keep_last, self.ema)
 
+    def validate(self) -> dict[str, float]:
+        """Held-out NLL per task (pretrain/validation.py), the same on every rank."""
+        return evaluate(self.engine.module, self.validation, self.config.data.micro_batch,
+                        self.config.trainer.eval_batches, self.device, self.rank, self.world_size)
+
     def peak_flops(self) -> float | None:
         """The hardware's peak FLOP/s per rank for MFU: trainer.peak_tflops, else the table's by GPU name."""
         if self.config.trainer.peak_tflops > 0:
@@ -269,11 +278,16 @@ class Trainer:
         losses, samples = out["losses"], out["samples"]
         every = [x for v in losses.values() for x in v]
         tokens = {f"tokens_{t}": n * self.tokens_per_sample[t] for t, n in samples.items()}
+        step_time = time.perf_counter() - started
+        due = trainer.eval_every and self.state.step % trainer.eval_every == 0
+        held_out = self.validate() if self.validation and (due or self.state.step == trainer.steps) else {}
+        if held_out:
+            logger.log_event(f"step {self.state.step} held-out nats per code: {describe(held_out)}")
         logger.log_step(self.state.step,
                         {"loss": sum(every) / len(every), "lr": self.scheduler.get_last_lr()[0],
                          "grad_norm": None if grad_norm is None else float(grad_norm),
                          **{f"loss/{task}": sum(v) / len(v) for task, v in losses.items()},
-                         **self.telemetry(samples, time.perf_counter() - started, self.data_wait)},
+                         **self.telemetry(samples, step_time, self.data_wait), **held_out},
                         {"samples": sum(samples.values()), **tokens, "tokens": sum(tokens.values())})
         (stop,) = self.all_reduce([float(self.stop.requested)], op=dist.ReduceOp.MAX)
         if stop or self.state.step % trainer.checkpoint_every == 0 or self.state.step == trainer.steps:
