@@ -299,13 +299,13 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int, curation: 
     if video.size is not None:
         curation.check_size(*video.size)
     if video.container in PYAV_FORMATS:
-        clips = pyav_frames(data, sampling)
+        clips = pyav_frames(data, sampling, video.duration)
     else:
         try:
             clips = decord_frames(data, sampling, video.duration)
         except SkipInput as first:
             try:
-                clips = pyav_frames(data, sampling)
+                clips = pyav_frames(data, sampling, video.duration)
             except SkipInput as second:
                 raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
     clips = [np.stack([upright(frame, video, resolution) for frame in clip]) for clip in clips]
@@ -411,17 +411,19 @@ AVFMT_NOTIMESTAMPS = 0x80
 so they are read from the start, not sought."""
 
 
-def pyav_frames(data: bytes, sampling: ClipSampling) -> list[list[np.ndarray]]:
+def pyav_frames(data: bytes, sampling: ClipSampling, stated: float | None = None) -> list[list[np.ndarray]]:
     """The same clips read with PyAV: seek to the first clip, decode in presentation order up to the end of
     the last one, and keep only the frames that the clip times pick (the last frame shown at each time).
-    Where the seek misses (no frame, or the first one after the first clip time), it reads from the start."""
+    Where the seek misses (no frame, or the first one after the first clip time), it reads from the start.
+    The video lasts as long as the container `stated` (probe) or its last decoded frame, whichever is longer."""
     import av
 
     try:
         read = _pyav_pick(data, sampling, seek=sampling.start > 0) or _pyav_pick(data, sampling, seek=False)
     except av.error.FFmpegError as error:
         raise SkipInput(CORRUPT_VIDEO, str(error).splitlines()[0][:200]) from None
-    picked, duration = read
+    picked, last_end = read
+    duration = max(stated or 0.0, last_end)
     count = clips_that_fit(duration, sampling)
     if not count:
         raise _too_short(duration, sampling)
@@ -459,7 +461,8 @@ def _sought(container, stream, origin: int, base: float, time: float) -> Iterato
 
 
 def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[int, np.ndarray], float] | None:
-    """({index of a clip time: the frame on screen then}, the video's length); None when the seek missed.
+    """({index of a clip time: the frame on screen then}, the end of the last decoded frame); None when the
+    seek missed.
     Clip times past the last decoded frame are left out: that frame stays on screen."""
     import av
 
@@ -469,8 +472,6 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
         stream = container.streams.video[0]
         base = float(stream.time_base or 0) or 1 / av.time_base
         rate = float(stream.average_rate or 0)
-        stated = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                  else container.duration / av.time_base if container.duration else 0.0)
         end = sampling.start + sampling.max_clips * sampling.seconds
         times = [sampling.start + c * sampling.seconds + j / sampling.fps
                  for c in range(sampling.max_clips) for j in range(sampling.num_frames)]
@@ -503,7 +504,7 @@ def _pyav_pick(data: bytes, sampling: ClipSampling, seek: bool) -> tuple[dict[in
                 return None
             raise SkipInput(CORRUPT_VIDEO, "no frames")
         picked[pending] = previous
-        return picked, max(stated, last_end)
+        return picked, last_end
 
 
 # ---------------------------------------------------------------------------------------- inputs
