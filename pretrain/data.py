@@ -144,6 +144,18 @@ class MultiTaskData:
         return batch
 
 
+def open_checked(folder: str, modality: str, model_config, tokenizer_fingerprint: str) -> ShardDataset:
+    """A shard folder whose grid, codebook and tokenizer are the model's, holding samples."""
+    shards = ShardDataset(folder)
+    grid = model_config.image_grid if modality == "image" else model_config.video_grid
+    shards.check_compatible({"grid": grid, "codebook_size": model_config.codebook_size,
+                             "tokenizer_vocab_size": model_config.text_vocab_size,
+                             "tokenizer_fingerprint": tokenizer_fingerprint})
+    if len(shards) == 0:
+        raise ValueError(f"{folder} holds no samples")
+    return shards
+
+
 def open_shards(config: DataConfig, model_config, tokenizer_fingerprint: str, tasks: set[str]) -> dict[str, ShardDataset]:
     """Open the shard folders the active tasks need and check them against the model config."""
     needed = {TASK_MODALITY[t] for t in tasks}
@@ -153,14 +165,7 @@ def open_shards(config: DataConfig, model_config, tokenizer_fingerprint: str, ta
         if not folders[modality]:
             raise ValueError(f"data.{modality}_shards is empty but tasks {sorted(t for t in tasks if TASK_MODALITY[t] == modality)} "
                              f"have weight > 0")
-        shards = ShardDataset(folders[modality])
-        grid = model_config.image_grid if modality == "image" else model_config.video_grid
-        shards.check_compatible({"grid": grid, "codebook_size": model_config.codebook_size,
-                                 "tokenizer_vocab_size": model_config.text_vocab_size,
-                                 "tokenizer_fingerprint": tokenizer_fingerprint})
-        if len(shards) == 0:
-            raise ValueError(f"{folders[modality]} holds no samples")
-        opened[modality] = shards
+        opened[modality] = open_checked(folders[modality], modality, model_config, tokenizer_fingerprint)
     if len(opened) == 2 and opened["image"].manifest["vqgan_fingerprint"] != opened["video"].manifest["vqgan_fingerprint"]:
         raise ValueError(f"{config.image_shards} and {config.video_shards} were coded by different VQ-GANs "
                          f"({opened['image'].manifest['vqgan_fingerprint']} vs {opened['video'].manifest['vqgan_fingerprint']})")

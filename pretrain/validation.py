@@ -17,14 +17,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
 from pretrain.config import TASK_MODALITY, PretrainConfig
-from pretrain.data import TaskDataset
+from pretrain.data import TaskDataset, open_checked
 
 
 def validation_sets(config: PretrainConfig, tasks: set[str], tokenizer: CaptionTokenizer) -> dict[str, TaskDataset]:
-    """The held-out TaskDatasets of the tasks whose modality has `data.val_*_shards`, checked like training's."""
+    """The held-out TaskDatasets of the tasks whose modality has `data.val_*_shards`, checked as training's are
+    (an empty folder included)."""
     folders = {"image": config.data.val_image_shards, "video": config.data.val_video_shards}
     none_text, _ = tokenizer.encode_none()
     sets = {}
@@ -32,11 +32,7 @@ def validation_sets(config: PretrainConfig, tasks: set[str], tokenizer: CaptionT
         folder = folders[TASK_MODALITY[task]]
         if not folder:
             continue
-        shards = ShardDataset(folder)
-        grid = config.model.image_grid if TASK_MODALITY[task] == "image" else config.model.video_grid
-        shards.check_compatible({"grid": grid, "codebook_size": config.model.codebook_size,
-                                 "tokenizer_vocab_size": config.model.text_vocab_size,
-                                 "tokenizer_fingerprint": tokenizer.fingerprint()})
+        shards = open_checked(folder, TASK_MODALITY[task], config.model, tokenizer.fingerprint())
         sets[task] = TaskDataset(shards, task, none_text, config.data.frames.get(task))
     return sets
 
