@@ -31,8 +31,9 @@ class SamplingConfig:
     was trained with data.caption_dropout (videos: V2V already trains under "None")."""
 
 
-def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] → codes [B]."""
+def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] → codes [B]; with `noise` [B] (uniform in [0, 1)) by the inverse CDF instead of `generator`."""
     if config.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / config.temperature
@@ -45,6 +46,10 @@ def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch
         drop = cumulative - sorted_logits.softmax(-1) >= config.top_p  # keep the first code that crosses p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
+    if noise is not None:
+        cdf = probs.cumsum(-1)  # the first code whose cumulative probability exceeds the draw
+        drawn = torch.searchsorted(cdf, (noise.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        return drawn.clamp_max(probs.shape[-1] - 1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -118,11 +123,13 @@ def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> to
 def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, reference: torch.Tensor | None = None,
              keep: torch.Tensor | None = None, sampling: SamplingConfig = SamplingConfig(),
              generator: torch.Generator | None = None, use_cache: bool = True,
-             unconditional: torch.Tensor | None = None) -> torch.Tensor:
+             unconditional: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """text [B, 77] → codes [B, S, H, W]; `keep` [S, H, W] (or [B, S, H, W]) copies `reference` there.
 
     With sampling.guidance ≠ 1, `unconditional` [B, 77] (or [1, 77]) is the text of the unconditional
     model; both halves run as one batch of 2B and share every sampled token.
+    `noise` [B, S·H·W], uniform in [0, 1), one draw per row and token, replaces `generator`: each row's
+    sample then depends on its own draws only, not on the batch it runs in (evaluation sets).
     `use_cache=False` recomputes the whole decoder for every token (the simple reference that
     tests hold the cache equal to).
     """
@@ -154,6 +161,6 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
         if guided:
             cond, uncond = logits.float().chunk(2)
             logits = uncond + sampling.guidance * (cond - uncond)
-        sampled = sample_logits(logits, sampling, generator)
+        sampled = sample_logits(logits, sampling, generator, None if noise is None else noise[:, t])
         codes[:, t] = torch.where(keep[:, t], reference[:, t], sampled).repeat(copies)
     return codes[:B].view(B, *grid)

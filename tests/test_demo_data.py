@@ -9,8 +9,9 @@ import pytest
 
 from preprocess.readers import ClipSampling, clip_frame_indices, frame_timestamps
 from tools.learning_check import wrapped_centroid
+from tools.media import encode_mp4
 from tools.make_demo_data import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, DemoDataConfig, ShapeSpec, caption,
-                                  encode_mp4, make_demo_data, object_centre, random_spec, render_frame,
+                                  make_demo_data, object_centre, random_spec, render_frame,
                                   render_video)
 
 

@@ -13,7 +13,8 @@ from preprocess.text import CaptionTokenizer
 from model.tasks import keep_top_rows
 from preprocess.readers import load_image
 from tools import sample
-from tools.make_demo_data import encode_jpeg, encode_mp4, random_spec, render_frame, render_video
+from tools.media import encode_mp4
+from tools.make_demo_data import encode_jpeg, random_spec, render_frame, render_video
 
 
 @pytest.fixture(scope="module")

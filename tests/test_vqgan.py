@@ -20,7 +20,8 @@ from pretrain.checkpoint import complete_tags, read_marker
 from pretrain.optim import lr_multiplier
 from pretrain.vqgan_trainer import (LossConfig, list_inputs, load_config, psnr, read_frames,
                                     restart_dead_codes, train, train_step)
-from tools.make_demo_data import caption, encode_mp4, random_spec, render_frame, render_video
+from tools.media import encode_mp4
+from tools.make_demo_data import caption, random_spec, render_frame, render_video
 
 # 32 px → 8×8 codes; small enough for about 0.1 s per training step on one core
 SMALL = dict(resolution=32, ch=16, ch_mult=(1, 2, 2), attn_levels=(2,), norm_groups=4, z_channels=16,

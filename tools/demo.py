@@ -36,7 +36,8 @@ from pretrain.distributed import free_port
 from tools.learning_check import (PALETTE_NAMES, caption_words, chance_p_value, match_rate, motion_direction,
                                   object_colour, palette_through)
 from tools.make_demo_data import COLOURS, DIRECTIONS
-from tools.sample import none_text, save_image_grid, save_video, to_uint8
+from tools.media import save_image_grid, save_video
+from tools.sample import none_text, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDANCE = 3.0

@@ -36,13 +36,13 @@ import os
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from model.storage import atomic_path, atomic_write
+from tools.media import encode_mp4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -136,22 +136,6 @@ def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
     """JPEG bytes at img2dataset's default quality."""
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
-    """H.264 MP4 bytes (yuv420p), reproducible: one encoder thread, and x264's assembly off (with it,
-    this build's bytes for a video depended on the videos encoded before it in the same process; plain
-    C costs ~50 ms more per 10-s, 64-px video)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
     return buffer.getvalue()
 
 
