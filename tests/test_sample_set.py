@@ -89,7 +89,7 @@ def test_one_and_two_ranks_write_the_same_files_and_a_rerun_resumes(setup, tmp_p
     assert sorted(one) == sorted([f"{i:06d}-{j}.png" for i in range(3) for j in range(2)]
                                  + ["index.jsonl", "sampling.json"])
     index = [json.loads(line) for line in one["index.jsonl"].decode().splitlines()]
-    assert [(r["index"], r["sample"], r["text"]) for r in index][:3] == [
+    assert [(r["index"], r["sample"], r["caption"]) for r in index][:3] == [
         (0, 0, "a red square moving left"), (0, 1, "a red square moving left"), (1, 0, "a blue circle moving up")]
     assert one["000000-0.png"] != one["000000-1.png"]
 
@@ -119,8 +119,8 @@ def test_inputs_and_held_out_shards_as_conditions(setup, tmp_path, capsys):
     sample.main(argv(setup, tmp_path / "v2v", "--task", "v2v", "--shards", shards["video"], "--limit", "3",
                      "--num-samples", "1"))
     index = [json.loads(line) for line in (tmp_path / "v2v" / "index.jsonl").read_text().splitlines()]
-    assert [r["file"] for r in index] == ["000000-0.mp4", "000001-0.mp4", "000002-0.mp4"]
-    assert all(r["input"].startswith("shards:") and r["text"] is None for r in index)
+    assert [r["path"] for r in index] == ["000000-0.mp4", "000001-0.mp4", "000002-0.mp4"]
+    assert all(r["input"].startswith("shards:") and r["caption"] is None for r in index)
     clip = video_clips((tmp_path / "v2v" / "000000-0.mp4").read_bytes(), ClipSampling(num_frames=2), 32)[0]
     assert clip.shape == (2, 3, 32, 32)
     capsys.readouterr()

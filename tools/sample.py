@@ -22,7 +22,9 @@ Each line of --prompts is {"text": …} and/or {"input": path} (relative to the 
 captions and codes of held-out shards. Rows (condition × sample) run in batches of --batch-size, batch b
 on rank b mod world; every row draws its own noise seeded by (seed, condition, sample), so any number
 of ranks writes the same files. Finished files are skipped on a rerun. Output: `{index:06d}-{sample}.png`
-or `.mp4`, `sampling.json` (the settings; a rerun with others is refused) and `index.jsonl` (written last).
+or `.mp4`, `sampling.json` (the settings; a rerun with others is refused) and `index.jsonl` (written last:
+one {"path", "caption", "index", "sample", "task", "input"} per file, an index file that preprocessing and
+tools/evaluate.py read).
 """
 from __future__ import annotations
 
@@ -310,7 +312,7 @@ def sample_set(args) -> list[Path]:
 
     agree(run_batches, (ValueError, FileNotFoundError))
     if rank == 0:
-        index = [json.dumps({"file": name[(i, j)], "index": i, "sample": j, "task": task, "text": conditions[i].text,
+        index = [json.dumps({"path": name[(i, j)], "caption": conditions[i].text, "index": i, "sample": j, "task": task,
                              "input": conditions[i].input}, ensure_ascii=False) for i, j in rows]
         atomic_write(args.output / "index.jsonl", "\n".join(index) + "\n")
     seconds = time.perf_counter() - start
