@@ -24,8 +24,8 @@ def readme_commands() -> list[list[str]]:
 
 
 @functools.cache
-def help_text(script: str) -> str:
-    return subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True,
+def help_text(script: str, *subcommand: str) -> str:
+    return subprocess.run([sys.executable, script, *subcommand, "--help"], cwd=ROOT, capture_output=True, text=True, check=True,
                           timeout=120).stdout
 
 
@@ -44,8 +44,9 @@ def test_readme_commands_name_real_scripts_and_flags():
             continue
         script = next(word for word in command if word.endswith(".py"))
         assert (ROOT / script).is_file(), script
-        flags = [w.split("=")[0] for w in command[command.index(script) + 1:] if w.startswith("--")]
-        usage = help_text(script)
+        words = command[command.index(script) + 1:]
+        flags = [w.split("=")[0] for w in words if w.startswith("--")]
+        usage = help_text(script, *words[:1] if words and not words[0].startswith("-") else ())
         for flag in flags:
             assert re.search(rf"{re.escape(flag)}\b", usage), f"{script} does not take {flag}"
         for word in command:
