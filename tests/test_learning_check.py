@@ -1,11 +1,14 @@
 """The demo's pixel analysis reads colour and motion correctly from the demo's own rendered media."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from model.vqgan import VQGAN, VQGANConfig
-from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, chance_p_value, match_rate, motion_direction,
-                                  object_colour, palette_through, wrapped_centroid)
+from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, chance_p_value, largest_wrapped_component,
+                                  match_rate, motion_direction, object_colour, palette_through, reads_as_caption,
+                                  wrapped_centroid)
 from tools.make_demo_data import DemoDataConfig, ShapeSpec, caption, random_spec, render_frame, render_video
 
 
@@ -30,7 +33,8 @@ def test_no_object_and_no_motion_give_none():
     spec = random_spec(np.random.default_rng(1), speed=None)
     still = np.stack([render_frame(spec, 0.0, 64)] * 5)
     assert motion_direction(still) is None
-    assert caption_words("a large blue square on a black background") == {"colour": "blue", "direction": None}
+    assert caption_words("a large blue square on a black background") == {"colour": "blue", "direction": None,
+                                                                            "background": "black"}
 
 
 def test_motion_across_an_edge_is_read_the_short_way_round():
@@ -80,3 +84,38 @@ def test_chance_p_value_is_the_binomial_tail():
     assert chance_p_value(3, 3, 0.2) == pytest.approx(0.2 ** 3)
     assert chance_p_value(2, 3, 0.5) == pytest.approx(0.5)  # 3 of the 8 outcomes have 2 heads, 1 has 3
     assert chance_p_value(25, 60, 0.25) == pytest.approx(0.003423, rel=1e-3)  # scipy.stats.binom.sf(24, 60, 0.25)
+
+
+def test_largest_component_joins_across_the_wrapped_edges():
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 0] = mask[2:4, 7] = True  # one shape cut by the left/right edge: 4 pixels
+    mask[5:7, 3:5] = True  # another shape: 4 pixels, plus one more below
+    mask[7, 3] = True
+    assert largest_wrapped_component(mask).sum() == 5 and largest_wrapped_component(mask)[7, 3]
+    mask[0, 0] = mask[7, 0] = mask[1, 0] = True  # the cut shape grows across the top/bottom edge too: 7 pixels
+    assert largest_wrapped_component(mask).sum() == 7
+    assert not largest_wrapped_component(np.zeros((4, 4), bool)).any()
+
+
+def test_frames_read_as_their_caption_until_the_shape_splits_or_dissolves():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        spec = random_spec(rng, speed=DemoDataConfig.speed)
+        words = caption_words(caption(spec))
+        for frame in render_video(spec, seconds=4.0, fps=2.5, image_size=64):  # wrapped across edges included
+            assert reads_as_caption(frame, words["colour"], words["background"])
+        frame = render_video(spec, seconds=4.0, fps=2.5, image_size=64)[0]
+        other = next(b for b in ("white", "black", "gray") if b != words["background"])
+        assert not reads_as_caption(frame, words["colour"], other)  # the wrong background
+        small = dataclasses.replace(spec, size="small")  # two small shapes half a frame apart never touch
+        frame = render_video(small, seconds=4.0, fps=2.5, image_size=64)[0]
+        moved = render_video(dataclasses.replace(small, start=((spec.start[0] + 0.5) % 1, (spec.start[1] + 0.5) % 1)),
+                             seconds=4.0, fps=2.5, image_size=64)[0]
+        assert reads_as_caption(frame, words["colour"], words["background"])
+        two = np.where((moved != moved[0, 0]).any(-1, keepdims=True) & (frame == frame[0, 0]).all(-1, keepdims=True),
+                       moved, frame)  # the shape split in two, far apart
+        assert not reads_as_caption(two, words["colour"], words["background"])
+        noisy = frame.copy()
+        speckles = rng.random(frame.shape[:2]) < 0.08  # texture: the object's colour scattered over the frame
+        noisy[speckles] = frame[tuple(np.argwhere((frame != frame[0, 0]).any(-1))[0])]
+        assert not reads_as_caption(noisy, words["colour"], words["background"])

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from model.vqgan import VQGAN
 from preprocess.readers import uint8_to_model
@@ -110,11 +111,54 @@ def motion_direction(frames: np.ndarray, min_shift: float = 2.0, min_fraction: f
 
 
 def caption_words(caption: str) -> dict[str, str | None]:
-    """The colour and direction a demo caption states ('a small red circle moving left on …')."""
+    """The colour, direction and background a demo caption states ('a small red circle moving left on a
+    white background')."""
     words = caption.split()
     colour = next((w for w in words if w in COLOURS), None)
     direction = words[words.index("moving") + 1] if "moving" in words else None
-    return {"colour": colour, "direction": direction}
+    background = next((w for w in words if w in BACKGROUNDS), None)
+    return {"colour": colour, "direction": direction, "background": background}
+
+
+def largest_wrapped_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean [H, W] mask on the torus (a shape cut by an edge is one
+    component), as a mask; all False when `mask` is."""
+    labels, count = ndimage.label(mask)
+    parent = np.arange(count + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in ((labels[:, 0], labels[:, -1]), (labels[0, :], labels[-1, :])):  # across the wrapped edges
+        both = (a > 0) & (b > 0)
+        for i, j in zip(a[both], b[both]):
+            parent[root(int(i))] = root(int(j))
+    roots = np.array([root(i) for i in range(count + 1)])[labels]
+    sizes = np.bincount(roots[labels > 0], minlength=count + 1)
+    return (roots == sizes.argmax()) & (labels > 0) if count else np.zeros_like(mask, dtype=bool)
+
+
+def reads_as_caption(frame: np.ndarray, colour: str, background: str, palette: np.ndarray = PALETTE,
+                     halo: int = 2, stray: float = 0.1, min_fraction: float = 0.01) -> bool:
+    """Does a uint8 [H, W, 3] frame still read as one object of the caption's colour on the caption's
+    background? The background must be the commonest colour; the object is the largest connected region of
+    the caption's colour (at least `min_fraction` of the frame); pixels of any other colour than the
+    background farther than `halo` pixels from it (the VQ-GAN's blended edges lie within) may number at
+    most `stray` × the object. A frame whose shape has split, smeared or dissolved into texture does not."""
+    labels = palette_labels(frame, palette)
+    background_label = PALETTE_NAMES.index(background)
+    if np.bincount(labels.ravel(), minlength=len(PALETTE)).argmax() != background_label:
+        return False
+    shape = largest_wrapped_component(labels == PALETTE_NAMES.index(colour))
+    near = np.zeros_like(shape)
+    for dy in range(-halo, halo + 1):
+        for dx in range(-halo, halo + 1):
+            near |= np.roll(shape, (dy, dx), axis=(0, 1))
+    outside = ((labels != background_label) & ~near).sum()
+    return shape.sum() >= min_fraction * labels.size and outside <= stray * shape.sum()
 
 
 def match_rate(predicted: list[str | None], expected: list[str | None]) -> float:
