@@ -80,6 +80,10 @@ class TrainerConfig:
     TensorBoard images; 0 = never. Needs `vqgan`."""
     vqgan: str = ""
     """VQ-GAN folder (VQGAN.save_pretrained) that decodes samples; its fingerprint must match the shards'."""
+    init_from: str = ""
+    """Fine-tuning: a model folder from tools/convert_checkpoint.py to-safetensors whose weights start the
+    run (a fresh optimizer, schedule and data position); parameters it lacks keep their initialisation.
+    Ignored when the run resumes from its own checkpoint."""
     seed: int = 0
     """Seeds the model init, the task sequence, the data order and dropout."""
     nan_policy: Literal["skip", "stop"] = "stop"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -27,6 +27,8 @@ class OptimConfig:
     """The decay ends at lr × min_lr_ratio."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping (0 disables)."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter name patterns (fnmatch, e.g. "encoder.*") that get no gradient and no optimizer state."""
 
     def __post_init__(self):
         if not 0 <= self.warmup_fraction < 1:

@@ -20,6 +20,7 @@ from deepspeed.accelerator import get_accelerator
 
 from model.flops import peak_tflops, training_flops
 from model.nuwa import Nuwa
+from model.pretrained import read_info
 from model.storage import atomic_write
 from model.sampling import SamplingConfig, generate
 from model.tasks import keep_first_frames
@@ -31,6 +32,7 @@ from pretrain.config import PretrainConfig
 from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
 from pretrain.distributed import agree, init_distributed
 from pretrain.ema import EMA
+from pretrain.finetune import freeze, load_initial_weights, model_differences
 from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
 from pretrain.optim import build_optimizer, lr_multiplier
@@ -131,6 +133,19 @@ class Trainer:
 
         torch.manual_seed(trainer.seed)
         model = Nuwa(cfg.model)
+        if trainer.init_from and resume_dir is None:
+            fresh = agree(lambda: load_initial_weights(model, trainer.init_from, shards), MISTAKES)
+            loaded = len(model.state_dict()) - len(fresh)
+            self.say(f"init_from {trainer.init_from}: {loaded} tensors loaded"
+                     + (f", {len(fresh)} initialised fresh: {', '.join(fresh)}" if fresh else ""))
+            changed = model_differences(read_info(trainer.init_from), cfg.model.to_dict())
+            if changed:
+                self.say(f"init_from: the run's model config differs from the export's in {'; '.join(changed)}")
+        elif trainer.init_from:
+            self.say(f"trainer.init_from ignored: resuming from {resume_dir}")
+        if cfg.optim.freeze:
+            frozen = agree(lambda: freeze(model, cfg.optim.freeze), MISTAKES)
+            self.say(f"optim.freeze: {len(frozen)} parameters frozen")
         ds = engine_config(cfg, self.world_size, self.tasks,
                            load_universal=resume_dir is not None and checkpoint.is_universal(resume_dir))
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"

@@ -52,6 +52,7 @@ from pretrain import checkpoint
 from pretrain.distributed import agree, init_distributed
 from pretrain.errors import MISTAKES
 from pretrain.metrics import MetricLogger
+from pretrain.finetune import freeze
 from pretrain.optim import OptimConfig, build_optimizer, lr_multiplier
 
 log = logging.getLogger("train_vqgan")
@@ -437,6 +438,7 @@ def build_run(cfg: VQGANTrainingConfig) -> Run:
     lpips = load_lpips(cfg.loss.lpips_weights) if cfg.loss.perceptual_weight > 0 else None
     if lpips is not None:
         lpips = lpips.to(device)
+    freeze(vqgan, cfg.optim.freeze)  # optim.freeze names VQ-GAN parameters (e.g. "encoder.*")
     opt_g = build_optimizer(vqgan, cfg.optim, device)
     opt_d = build_optimizer(disc, cfg.optim, device, lr=cfg.optim.disc_lr)
     torch.manual_seed(cfg.trainer.seed + rank)  # per-rank randomness from here on
