@@ -1,6 +1,7 @@
 """Sets of real or generated media, read as uint8 frames at one resolution, one item at a time.
 
-A source is a folder written by tools/sample.py or any folder with an `index.jsonl`/`index.csv`
+Label maps (modality "seg") are `{key}.seg.png` members of tars or PNGs named by an index, resized with
+nearest neighbours. A source is a folder written by tools/sample.py or any folder with an `index.jsonl`/`index.csv`
 (`path`, `caption`), a folder of media files (captions from `{name}.txt` beside them), tars or index
 files as preprocessing reads them (patterns allowed), or a code-shard folder (decoded with a VQ-GAN:
 what the tokenizer keeps of the real media). Images and videos are resized and centre-cropped as in
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from preprocess.readers import (MEDIA_EXTENSIONS, ClipSampling, RawItem, SkipInput, decode_image, iter_unit,
-                                list_units, model_to_uint8, resize_center_crop, video_clips)
+                                label_map, list_units, model_to_uint8, resize_center_crop, video_clips)
 from preprocess.shards import MANIFEST, ShardDataset
 
 
@@ -38,6 +39,7 @@ class MediaSet:
     frames: int = 10
     vqgan: object = None
     limit: int | None = None
+    num_classes: int = 0  # label maps ("seg"): their class count
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Item]:
@@ -94,7 +96,10 @@ class MediaSet:
             yield Item(shards.key(i), frames, None)
 
     def decode(self, data: bytes) -> np.ndarray:
-        """Encoded bytes → uint8 [T, resolution, resolution, 3] (raises SkipInput)."""
+        """Encoded bytes → uint8 [T, resolution, resolution, 3], label maps uint16 [1, resolution, resolution]
+        (raises SkipInput)."""
+        if self.modality == "seg":
+            return label_map(data, self.resolution, self.num_classes)[None]
         if self.modality == "image":
             image = resize_center_crop(decode_image(data, min_side=self.resolution), self.resolution)
             return np.asarray(image)[None]

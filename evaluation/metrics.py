@@ -1,6 +1,6 @@
 """The paper's metrics over media sets (evaluation/media.py) with the standard extractors
-(evaluation/extractors.py): FID and blurred FID-k, IS, CLIPSIM, FVD, and a VQ-GAN's PSNR, SSIM, LPIPS and
-rFID. Video sets count every frame as an image for FID, IS and CLIPSIM (the paper's FID-img)."""
+(evaluation/extractors.py): FID and blurred FID-k, IS, CLIPSIM, FVD, a VQ-GAN's PSNR, SSIM, LPIPS and
+rFID, and a VQ-GAN-Seg's pixel accuracy and FWIoU. Video sets count every frame as an image for FID, IS and CLIPSIM (the paper's FID-img)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from evaluation.extractors import I3D, Clip, Inception
 from evaluation.media import Item, MediaSet, batches
-from evaluation.statistics import frechet_distance, gaussian, inception_score, psnr, ssim
+from evaluation.statistics import (confusion_matrix, frechet_distance, gaussian, inception_score, psnr,
+                                   segmentation_scores, ssim)
 from preprocess.readers import model_to_uint8, uint8_to_model
 
 
@@ -88,9 +89,28 @@ def fvd(real: MediaSet, generated: MediaSet, i3d: I3D, batch: int = 16) -> dict:
 
 
 @torch.no_grad()
+def segmentation_reconstruction(data: MediaSet, vqgan, batch: int = 16) -> dict:
+    """A VQ-GAN-Seg on held-out label maps: pixel accuracy, frequency-weighted IoU and mean IoU of its
+    reconstructions (the paper's Tab. 4)."""
+    classes = vqgan.config.num_classes
+    confusion, count = np.zeros((classes, classes), np.int64), 0
+    for chunk in tqdm(batches(iter(data), batch), desc="reconstruct", unit="batch", leave=False):
+        labels = torch.from_numpy(np.concatenate([item.frames for item in chunk]).astype(np.int64))  # [N, H, W]
+        rebuilt = vqgan.decode_labels(vqgan.encode(labels)).cpu().numpy()
+        confusion += confusion_matrix(labels.numpy(), rebuilt, classes)
+        count += len(labels)
+    if not count:
+        raise ValueError(f"{data.source}: no label map decoded (skipped: {data.skipped or 'none'})")
+    return {**segmentation_scores(confusion), "count": count}
+
+
+@torch.no_grad()
 def reconstruction(data: MediaSet, vqgan, lpips=None, inception: Inception | None = None, batch: int = 16) -> dict:
     """A VQ-GAN on held-out media: PSNR and SSIM (per frame, averaged), LPIPS (when weights are given) and
-    rFID (FID of reconstructions against originals, when an Inception file is given)."""
+    rFID (FID of reconstructions against originals, when an Inception file is given). A VQ-GAN-Seg: see
+    `segmentation_reconstruction`."""
+    if vqgan.config.num_classes:
+        return segmentation_reconstruction(data, vqgan, batch)
     device = next(vqgan.parameters()).device
     scores = {"psnr": [], "ssim": [], "lpips": []}
     real, rebuilt = [], []

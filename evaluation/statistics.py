@@ -1,4 +1,5 @@
-"""The numbers behind the metrics, on features and pixels: Fréchet distance, Inception Score, PSNR, SSIM."""
+"""The numbers behind the metrics, on features and pixels: Fréchet distance, Inception Score, PSNR, SSIM, and
+the segmentation scores of a VQ-GAN-Seg (pixel accuracy, frequency-weighted and mean IoU)."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,3 +48,22 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:
     """uint8 [H, W, 3] images → SSIM (scikit-image: 7×7 uniform window, over colour channels)."""
     return float(structural_similarity(reference, test, channel_axis=-1, data_range=255))
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Class-id arrays of one shape → int64 [classes, classes] counts, rows the true class."""
+    pairs = truth.astype(np.int64).ravel() * classes + predicted.astype(np.int64).ravel()
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
+def segmentation_scores(confusion: np.ndarray) -> dict[str, float]:
+    """Pixel accuracy; IoU per class = TP / (TP + FP + FN); frequency-weighted IoU weights each class by its
+    share of the true pixels (the paper's FWIoU); mean IoU averages the classes present in either map."""
+    confusion = confusion.astype(np.float64)
+    tp, truth, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    union = truth + predicted - tp
+    present = union > 0
+    iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+    total = confusion.sum()
+    return {"pixel_accuracy": float(tp.sum() / total), "fwiou": float((truth / total * iou).sum()),
+            "miou": float(iou[present].mean())}

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -83,6 +84,9 @@ class VQGANConfig:
     training; with per-pixel norm there too the codebook can collapse onto one point (docs/decisions.md)."""
     dropout: float = 0.0
     """Dropout inside ResnetBlocks."""
+    num_classes: int = 0
+    """0: an image VQ-GAN. N > 0: a VQ-GAN-Seg (the paper's sketch tokenizer) for label maps of N classes:
+    its input is the one-hot map and its output class logits, so in_channels and out_channels are N."""
     padding_mode: str = "zeros"
     """How 3×3 convs (and the downsampling pad) see past the border: "zeros" (taming), "reflect",
     "replicate" or "circular". With "circular" the encoder is exactly equivariant to shifts by whole
@@ -107,6 +111,12 @@ class VQGANConfig:
                              f"must then be one value")
         if any(not 0 <= level < len(self.ch_mult) for level in self.attn_levels):
             raise ValueError(f"attn_levels {self.attn_levels} must lie in 0..{len(self.ch_mult) - 1}")
+        if self.num_classes < 0 or self.num_classes == 1:
+            raise ValueError(f"num_classes must be 0 (images) or at least 2 (label maps), got {self.num_classes}")
+        if self.num_classes and (self.in_channels, self.out_channels) != (self.num_classes, self.num_classes):
+            raise ValueError(f"a VQ-GAN-Seg of {self.num_classes} classes reads and writes one channel per class: "
+                             f"set in_channels and out_channels to {self.num_classes} (got {self.in_channels}, "
+                             f"{self.out_channels})")
 
     @property
     def downsample(self) -> int:
@@ -408,6 +418,8 @@ class VQGAN(nn.Module):
     """Encoder → quant_conv → VectorQuantizer → post_quant_conv → Decoder, as taming's VQModel.
 
     Images are float (B, 3, H, W) in [-1, 1]; codes are int64 (B, H/f, W/f) below codebook_size.
+    A VQ-GAN-Seg (config.num_classes > 0) takes integer label maps (B, H, W) instead, read as one-hot
+    (B, N, H, W), and decodes to class logits (B, N, H, W); `decode_labels` gives the label maps.
     """
 
     def __init__(self, config: VQGANConfig):
@@ -419,8 +431,21 @@ class VQGAN(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
 
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        """VQ-GAN-Seg input: integer label maps (B, H, W) → float one-hot (B, N, H, W)."""
+        if labels.dim() != 3 or labels.is_floating_point():
+            raise ValueError(f"a VQ-GAN-Seg expects integer label maps (B, H, W), got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < self.config.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.config.num_classes}), got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        weight = self.quant_conv.weight
+        return F.one_hot(labels.to(weight.device, torch.long), self.config.num_classes).permute(0, 3, 1, 2).to(weight.dtype)
+
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) → continuous latents before quantization (B, embed_dim, h, w)."""
+        """images (B, 3, H, W), or label maps (B, H, W) → continuous latents before quantization (B, embed_dim, h, w)."""
+        if self.config.num_classes:
+            images = self.one_hot(images)
         return self.quant_conv(self.encoder(images))
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
@@ -434,23 +459,37 @@ class VQGAN(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images float (B, 3, H, W) in [-1, 1], H and W multiples of the downsampling → codes (B, h, w)."""
-        self._check_images(images)
+        """images float (B, 3, H, W) in [-1, 1] (VQ-GAN-Seg: label maps (B, H, W)), H and W multiples of the
+        downsampling → codes (B, h, w)."""
         weight = self.quant_conv.weight
-        z = self.encode_latents(images.to(weight.device, weight.dtype))  # (B, D, h, w)
+        if self.config.num_classes:
+            self._check_size(images.shape[-2:])
+            z = self.encode_latents(images)
+        else:
+            self._check_images(images)
+            z = self.encode_latents(images.to(weight.device, weight.dtype))  # (B, D, h, w)
         B, D, h, w = z.shape
         return self.quantize.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w), any integer dtype (uint16 shards included) → images (B, 3, h·f, w·f) in [-1, 1]."""
+        """codes (B, h, w), any integer dtype (uint16 shards included) → images (B, 3, h·f, w·f) in [-1, 1]
+        (VQ-GAN-Seg: class logits (B, N, h·f, w·f))."""
         if codes.dim() != 3:
             raise ValueError(f"decode expects codes of shape (B, h, w), got {tuple(codes.shape)}")
         codes = codes.to(self.quant_conv.weight.device, torch.long)
         if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < self.config.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        return self.decode_latents(self.quantize.lookup(codes)).clamp(-1, 1)
+        decoded = self.decode_latents(self.quantize.lookup(codes))
+        return decoded if self.config.num_classes else decoded.clamp(-1, 1)
+
+    @torch.no_grad()
+    def decode_labels(self, codes: torch.Tensor) -> torch.Tensor:
+        """VQ-GAN-Seg: codes (B, h, w) → label maps (B, H, W), the most likely class per pixel."""
+        if not self.config.num_classes:
+            raise ValueError("decode_labels needs a VQ-GAN-Seg (config.num_classes > 0)")
+        return self.decode(codes).argmax(1)
 
     def encode_video(self, videos: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """videos (B, T, 3, H, W) → codes (B, T, h, w); every frame coded alone, batch_size frames at a time."""
@@ -467,12 +506,15 @@ class VQGAN(nn.Module):
         frames = torch.cat([self.decode(chunk) for chunk in codes.reshape(B * T, *codes.shape[2:]).split(batch_size)])
         return frames.view(B, T, *frames.shape[1:])
 
+    def _check_size(self, size) -> None:
+        f = self.config.downsample
+        if size[0] % f or size[1] % f:
+            raise ValueError(f"image size {tuple(size)} is not a multiple of the downsampling {f}")
+
     def _check_images(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != self.config.in_channels:
             raise ValueError(f"expected images (B, {self.config.in_channels}, H, W), got {tuple(images.shape)}")
-        f = self.config.downsample
-        if images.shape[2] % f or images.shape[3] % f:
-            raise ValueError(f"image size {tuple(images.shape[2:])} is not a multiple of the downsampling {f}")
+        self._check_size(images.shape[2:])
         if not images.is_floating_point():
             raise ValueError(f"expected float images in [-1, 1], got dtype {images.dtype}")
         if images.numel() and images.abs().max() > 1.01:
@@ -483,7 +525,10 @@ class VQGAN(nn.Module):
     def fingerprint(self) -> str:
         """Short sha256 of config and weights: preprocessing writes it into shard manifests, and the
         trainer compares it, so codes are never decoded by a different tokenizer than made them."""
-        digest = hashlib.sha256(json.dumps(typed_config.to_dict(self.config), sort_keys=True).encode())
+        config = typed_config.to_dict(self.config)
+        if not config["num_classes"]:  # a field newer than the first shards: image VQ-GANs keep their identity
+            del config["num_classes"]
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             tensor = tensor.detach().cpu().contiguous()
             if tensor.is_floating_point():

@@ -61,7 +61,8 @@ VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "m
 NOT_MEDIA = ("txt", "json", "caption", "cls", "url", "id", "key", "meta", "yaml")
 """Member extensions that hold captions or metadata: a sample's other members with an unknown extension
 are tried as media (a decoder that cannot read them skips the sample with its reason)."""
-MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+LABEL_EXTENSIONS = ("seg.png",)  # a label map beside an image: {key}.seg.png, one class id per pixel
+MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "seg": LABEL_EXTENSIONS}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_SUFFIXES = (".csv", ".jsonl")
 
@@ -79,8 +80,10 @@ TOO_SMALL = "too_small"  # curation: shorter side below --min-side
 EXTREME_ASPECT = "extreme_aspect"  # curation: longer over shorter side above --max-aspect
 SHOT_CUT = "shot_cut"  # curation: every clip holds a hard cut (--skip-cuts)
 STATIC_CLIP = "static_clip"  # curation: every clip is still (--min-motion)
+BAD_LABEL_MAP = "bad_label_map"  # not a one-channel map of class ids, or a class beyond num_classes
 SKIP_REASONS = (ZERO_BYTE, CORRUPT_IMAGE, DECOMPRESSION_BOMB, CORRUPT_VIDEO, VIDEO_TOO_SHORT, BROKEN_TAR,
-                NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM, TOO_SMALL, EXTREME_ASPECT, SHOT_CUT, STATIC_CLIP)
+                NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM, TOO_SMALL, EXTREME_ASPECT, SHOT_CUT, STATIC_CLIP,
+                BAD_LABEL_MAP)
 CAPTION_MISSING = "caption_missing"
 CAPTION_NON_UTF8 = "caption_non_utf8"
 
@@ -204,14 +207,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the short side is `size` (bicubic, antialiased), then crop the centre size × size."""
+def resize_center_crop(image: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize so the short side is `size` (bicubic, antialiased; label maps: nearest), then crop the centre
+    size × size."""
     width, height = image.size
     if (width, height) == (size, size):
         return image
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
+    image = image.resize((new_w, new_h), resample)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 
@@ -240,6 +244,27 @@ def image_pixels(data: bytes, resolution: int, curation: Curation = NO_CURATION)
     """Encoded image bytes → uint8 [3, resolution, resolution], what workers send to the encoder."""
     image = resize_center_crop(decode_image(data, min_side=resolution, check_size=curation.check_size), resolution)
     return np.asarray(image).transpose(2, 0, 1).copy()
+
+
+def label_map(data: bytes, resolution: int, num_classes: int) -> np.ndarray:
+    """Encoded label map (a PNG of class ids: mode L, P or 16-bit) → uint16 [resolution, resolution], resized
+    with nearest neighbours (a class id is never blended) and centre-cropped as images are (raises SkipInput)."""
+    if not data:
+        raise SkipInput(ZERO_BYTE)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise SkipInput(BAD_LABEL_MAP, f"undecodable: {error}") from None
+    if image.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
+        raise SkipInput(BAD_LABEL_MAP, f"mode {image.mode}: a label map holds one class id per pixel (L, P or 16-bit)")
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    labels = np.asarray(resize_center_crop(image, resolution, Image.NEAREST))
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise SkipInput(BAD_LABEL_MAP, f"class ids {int(labels.min())}..{int(labels.max())}, the model has "
+                                       f"{num_classes} classes")
+    return labels.astype(np.uint16)
 
 
 # ---------------------------------------------------------------------------------------- videos

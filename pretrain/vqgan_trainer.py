@@ -47,7 +47,7 @@ from model.lpips import LPIPS, load_lpips
 from model.storage import atomic_write, load_checked, load_torch, remove
 from model.vqgan import VQGAN, VQGANConfig
 from preprocess.readers import (INDEX_SUFFIXES, TAR_SUFFIXES, ClipSampling, InputUnit, Skip, SkipInput, image_pixels,
-                                iter_unit, list_units, uint8_to_model, video_clips)
+                                iter_unit, label_map, list_units, uint8_to_model, video_clips)
 from pretrain import checkpoint
 from pretrain.distributed import agree, init_distributed
 from pretrain.errors import MISTAKES
@@ -200,24 +200,31 @@ def list_inputs(paths: list[str], modality: str, rows_per_unit: int) -> list[tup
     return [(unit, modality) for unit in list_units(files, rows_per_unit)]
 
 
-def training_units(data: DataConfig) -> list[tuple[InputUnit, str]]:
-    """(unit, modality) of every image and video input the config names."""
-    units = (list_inputs(data.paths, "image", data.rows_per_unit)
+def training_units(data: DataConfig, segmentation: bool = False) -> list[tuple[InputUnit, str]]:
+    """(unit, modality) of every image and video input the config names; a VQ-GAN-Seg reads the label maps
+    of data.paths ({key}.seg.png in tars, or PNG label maps named by index files)."""
+    if segmentation and data.video_paths:
+        raise ValueError("a VQ-GAN-Seg trains on label maps (data.paths); video label maps are coded frame by "
+                         "frame by the same model: leave data.video_paths empty")
+    units = (list_inputs(data.paths, "seg" if segmentation else "image", data.rows_per_unit)
              + list_inputs(data.video_paths, "video", data.rows_per_unit))
     if not units:
         raise ValueError("no training data: set data.paths (images) and/or data.video_paths (videos)")
     return units
 
 
-def read_frames(unit: InputUnit, modality: str, resolution: int, sampling: ClipSampling
+def read_frames(unit: InputUnit, modality: str, resolution: int, sampling: ClipSampling, num_classes: int = 0
                 ) -> Iterator[np.ndarray | Skip]:
-    """uint8 (3, resolution, resolution) frames of one unit, or a Skip for each input that gave none."""
+    """uint8 (3, resolution, resolution) frames of one unit (label maps: uint16 (resolution, resolution)), or a
+    Skip for each input that gave none."""
     for item in iter_unit(unit, modality):
         if isinstance(item, Skip):
             yield item
             continue
         try:
-            if modality == "image":
+            if modality == "seg":
+                yield label_map(item.media, resolution, num_classes)
+            elif modality == "image":
                 yield image_pixels(item.media, resolution)
             else:
                 for clip in video_clips(item.media, sampling, resolution):  # (T, 3, H, W)
@@ -227,7 +234,8 @@ def read_frames(unit: InputUnit, modality: str, resolution: int, sampling: ClipS
 
 
 class FrameStream(IterableDataset):
-    """Endless stream of float (3, size, size) images in [-1, 1], split over ranks and loader workers.
+    """Endless stream of float (3, size, size) images in [-1, 1] (label maps: int64 (size, size)), split over
+    ranks and loader workers.
 
     With at least as many units as readers, each reader takes whole units; otherwise every reader
     walks all units and keeps every n-th frame. Inputs that cannot be decoded are logged with their
@@ -235,9 +243,9 @@ class FrameStream(IterableDataset):
     """
 
     def __init__(self, units: list[tuple[InputUnit, str]], size: int, sampling: ClipSampling, rank: int,
-                 world: int, seed: int, flip: bool, shuffle_buffer: int):
+                 world: int, seed: int, flip: bool, shuffle_buffer: int, num_classes: int = 0):
         self.units, self.size, self.sampling, self.rank, self.world = units, size, sampling, rank, world
-        self.seed, self.flip, self.shuffle_buffer = seed, flip, shuffle_buffer
+        self.seed, self.flip, self.shuffle_buffer, self.num_classes = seed, flip, shuffle_buffer, num_classes
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
@@ -252,7 +260,7 @@ class FrameStream(IterableDataset):
             mine = order[reader::readers] if by_unit else order
             index, decoded = 0, 0
             for unit, modality in mine:
-                for frame in read_frames(unit, modality, self.size, self.sampling):
+                for frame in read_frames(unit, modality, self.size, self.sampling, self.num_classes):
                     index += 1
                     if not by_unit and index % readers != reader:
                         continue
@@ -270,8 +278,11 @@ class FrameStream(IterableDataset):
             epoch += 1
 
     def _to_tensor(self, frame: np.ndarray, rng: random.Random) -> torch.Tensor:
-        x = uint8_to_model(torch.from_numpy(frame))  # (3, H, W) in [-1, 1]
-        return x.flip(2) if self.flip and rng.random() < 0.5 else x
+        if frame.ndim == 2:  # a label map (H, W) of class ids
+            x = torch.from_numpy(frame.astype(np.int64))
+        else:
+            x = uint8_to_model(torch.from_numpy(frame))  # (3, H, W) in [-1, 1]
+        return x.flip(-1) if self.flip and rng.random() < 0.5 else x
 
 
 # ----------------------------------------------------------------------------- one step
@@ -295,6 +306,8 @@ def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | Non
     frozen for that pass), so DDP synchronises the discriminator only in its own update.
     """
     raw, raw_disc = unwrap(vqgan), unwrap(disc)
+    if raw.config.num_classes:
+        return segmentation_step(vqgan, opt_g, images, loss_cfg, grad_clip, bf16)
     gan_on = step >= loss_cfg.disc_start
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16)
     with autocast:
@@ -336,6 +349,35 @@ def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | Non
     if perceptual is not None:
         metrics["lpips"] = perceptual.item()
     return metrics
+
+
+def segmentation_step(vqgan: torch.nn.Module, opt_g: torch.optim.Optimizer, labels: torch.Tensor,
+                      loss_cfg: LossConfig, grad_clip: float = 0.0, bf16: bool = False) -> dict[str, float]:
+    """One VQ-GAN-Seg update: cross-entropy of the decoded class logits (times loss.pixel_weight) + the VQ loss.
+    Label maps have no perceptual or adversarial loss (the paper's VQ-GAN-Seg is judged by pixel accuracy)."""
+    raw = unwrap(vqgan)
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits, vq_loss, codes = vqgan(labels)  # (B, N, H, W), scalar, (B, h, w)
+        cross_entropy = F.cross_entropy(logits.float(), labels)
+        loss = loss_cfg.pixel_weight * cross_entropy + loss_cfg.codebook_weight * vq_loss
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics = {}
+    if grad_clip > 0:
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip).item()
+    opt_g.step()
+    counts = torch.bincount(codes.flatten(), minlength=raw.config.codebook_size).float()
+    probs = counts / counts.sum()
+    metrics.update(loss=loss.item(), cross_entropy=cross_entropy.item(), vq_loss=vq_loss.item(),
+                   pixel_accuracy=(logits.argmax(1) == labels).float().mean().item(),
+                   perplexity=torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()).item())
+    return metrics
+
+
+def label_colours(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Label maps (B, H, W) → images (B, 3, H, W) in [-1, 1], one fixed colour per class, for TensorBoard."""
+    palette = torch.rand(num_classes, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return palette.to(labels.device)[labels].permute(0, 3, 1, 2)
 
 
 def summed_usage(vqgan: VQGAN) -> torch.Tensor:
@@ -435,7 +477,8 @@ def build_run(cfg: VQGANTrainingConfig) -> Run:
         vqgan = VQGAN(cfg.model)
     disc = PatchDiscriminator(cfg.model.out_channels, cfg.loss.disc_channels, cfg.loss.disc_layers)
     vqgan, disc = vqgan.to(device), disc.to(device)
-    lpips = load_lpips(cfg.loss.lpips_weights) if cfg.loss.perceptual_weight > 0 else None
+    perceptual = cfg.loss.perceptual_weight > 0 and not cfg.model.num_classes  # label maps: cross-entropy only
+    lpips = load_lpips(cfg.loss.lpips_weights) if perceptual else None
     if lpips is not None:
         lpips = lpips.to(device)
     freeze(vqgan, cfg.optim.freeze)  # optim.freeze names VQ-GAN parameters (e.g. "encoder.*")
@@ -474,14 +517,16 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.json", json.dumps(typed_config.to_dict(cfg), indent=1))
-    units = training_units(cfg.data)
+    classes = cfg.model.num_classes
+    units = training_units(cfg.data, segmentation=classes > 0)
     sampling = ClipSampling(num_frames=cfg.data.clip_frames, fps=cfg.data.clip_fps)
     stream = FrameStream(units, cfg.model.resolution, sampling, run.rank, run.world,
-                         trainer.seed * 1_000_003 + start, cfg.data.flip, cfg.data.shuffle_buffer)
+                         trainer.seed * 1_000_003 + start, cfg.data.flip, cfg.data.shuffle_buffer, classes)
     batches = iter(DataLoader(stream, batch_size=trainer.batch_size, num_workers=cfg.data.num_workers,
                               persistent_workers=cfg.data.num_workers > 0))
+    quality = "pixel_accuracy" if classes else "psnr"
     logger = MetricLogger(out, start, trainer.steps, trainer.log_every, run.rank == 0, desc="vqgan",
-                          show=("loss", "psnr", "codebook_usage"), rate="images")
+                          show=("loss", quality, "codebook_usage"), rate="images")
     schedule = lr_multiplier(optim, trainer.steps)
     metrics, usage = {}, float("nan")
     for step in range(start, trainer.steps):
@@ -506,6 +551,8 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
             run.vqgan_raw.eval()
             with torch.no_grad():
                 rec = run.vqgan_raw(images[:8])[0]
+            if classes:
+                images, rec = label_colours(images[:8], classes), label_colours(rec.argmax(1), classes)
             logger.log_images(done, {"reconstructions": reconstruction_grid(images, rec)[None]})
         if done % trainer.checkpoint_every == 0 or done == trainer.steps:
             logger.log_event(f"saved {save_checkpoint(run, done)}")
@@ -513,11 +560,12 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
     if not (trainer.restart_every and trainer.steps % trainer.restart_every == 0):
         usage = (summed_usage(run.vqgan_raw) > 0).float().mean().item()  # since the last restart
     summary = {"steps": trainer.steps, "seconds": time.perf_counter() - logger.start_time,
-               "psnr": metrics.get("psnr", float("nan")), "codebook_usage": usage, "summary": summary_line}
+               quality: metrics.get(quality, float("nan")), "codebook_usage": usage, "summary": summary_line}
     if run.rank == 0:
         run.vqgan_raw.save_pretrained(out / "final")
         summary["fingerprint"] = run.vqgan_raw.fingerprint()
-        print(f"train_vqgan: last-batch PSNR {summary['psnr']:.2f} dB, codebook usage {usage:.1%} → {out / 'final'} "
+        shown = f"pixel accuracy {summary[quality]:.1%}" if classes else f"PSNR {summary[quality]:.2f} dB"
+        print(f"train_vqgan: last-batch {shown}, codebook usage {usage:.1%} → {out / 'final'} "
               f"(fingerprint {summary['fingerprint']})")
     dist.destroy_process_group()
     return summary

@@ -2,10 +2,20 @@
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from model.vqgan import VQGAN, VQGANConfig
 from preprocess.shards import ShardWriter, make_manifest, shard_name
 from preprocess.train_tokenizer import train_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_outlives_its_test():
+    """A trainer run in-process that stops with an error keeps its one-process group (the command line exits
+    instead); a later test's command-line error would then take the os._exit path of a multi-rank job."""
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 CODEBOOK, GRID, FRAMES = 32, 4, 2

@@ -6,6 +6,7 @@
     python tools/evaluate.py clipsim --generated GEN --clip ViT-B-32.pt --clip-vocab bpe_simple_vocab_16e6.txt.gz
     python tools/evaluate.py fvd --real REAL --generated GEN --i3d i3d_torchscript.pt
     python tools/evaluate.py vqgan --vqgan VQGAN_DIR --data HELD_OUT [--inception inception-2015-12-05.pt]
+                                   (a VQ-GAN-Seg on held-out label maps: pixel accuracy, FWIoU, mean IoU)
 
 `loss`: the held-out NLL per code of each task (pretrain/validation.py, as the trainer computes it).
 REAL/GEN/HELD_OUT: a folder from tools/sample.py, a folder with an index or of media files, tars or index
@@ -85,9 +86,11 @@ def media_metric(args) -> dict:
     else:
         if vqgan is None:
             raise ValueError("vqgan needs --vqgan")
-        sets = {"data": MediaSet(args.data, modality, resolution, args.frames, None, args.limit)}
+        classes = vqgan.config.num_classes
+        modality = "seg" if classes else modality  # a VQ-GAN-Seg reads label maps
+        sets = {"data": MediaSet(args.data, modality, resolution, args.frames, None, args.limit, classes)}
         inception = extractor(Inception, "inception", args.inception) if args.inception else None
-        lpips = load_lpips(args.lpips)
+        lpips = None if classes else load_lpips(args.lpips)
         result = metrics.reconstruction(sets["data"], vqgan, lpips, inception, args.batch_size)
         result["vqgan_fingerprint"] = vqgan.fingerprint()
     protocol = {"resolution": resolution, "modality": modality, "resize": {k: RESIZE[k] for k in ["media", *extractors]
@@ -96,7 +99,7 @@ def media_metric(args) -> dict:
                 "skipped": {name: s.skipped for name, s in sets.items() if s.skipped}, "extractors": extractors}
     if modality == "video":
         protocol["frames"] = args.frames
-    if args.command == "vqgan":
+    if args.command == "vqgan" and not vqgan.config.num_classes:
         protocol["lpips"] = args.lpips
     return {**result, "protocol": protocol}
 

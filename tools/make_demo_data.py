@@ -57,6 +57,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SKETCH_CLASSES: tuple[str, ...] = ("background", *SHAPES)  # the classes of the demo's label maps
 SIZES: dict[str, float] = {"small": 0.18, "large": 0.28}  # radius as a fraction of the image side
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -125,6 +126,13 @@ def render_frame(spec: ShapeSpec, t: float, image_size: int) -> np.ndarray:
             else:
                 draw.polygon([(cx, cy - r), (cx - 0.866 * r, cy + 0.5 * r), (cx + 0.866 * r, cy + 0.5 * r)], fill=fill)
     return np.asarray(image)
+
+
+def render_label_map(spec: ShapeSpec, t: float, image_size: int) -> np.ndarray:
+    """The sample's sketch at time `t`: uint8 [H, W] class ids, 0 for the background and 1 + the shape's index
+    in SHAPES where the shape is drawn (SKETCH_CLASSES names them)."""
+    frame = render_frame(spec, t, image_size)
+    return np.where((frame == COLOURS[spec.colour]).all(-1), 1 + SHAPES.index(spec.shape), 0).astype(np.uint8)
 
 
 def render_video(spec: ShapeSpec, seconds: float, fps: float, image_size: int) -> np.ndarray:
