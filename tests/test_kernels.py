@@ -239,3 +239,28 @@ def test_attention_rejects_bad_arguments():
         nearby_attention(q[0], k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), False)
     with pytest.raises(ValueError, match="backend"):
         nearby_attention(q, k, v, (1, 3, 3), (1, 3, 3), (1, 3, 3), False, backend="natten")
+
+
+@pytest.mark.parametrize("q_grid, kv_grid, extent, causal, wrap", [
+    ((10, 21, 21), (10, 21, 21), (3, 3, 3), True, (False, False, False)),
+    ((3, 9, 11), (3, 9, 11), (3, 5, 5), True, (False, True, True)),
+    ((2, 10, 10), (2, 10, 10), (None, 3, 3), False, (False, False, False)),
+    ((2, 4, 4), (4, 8, 8), (3, 3, 3), False, (False, False, False)),
+])
+def test_work_counts_match_the_masks_they_stand_for(q_grid, kv_grid, extent, causal, wrap):
+    """kernels/work.py counts without building the big masks; here it is held to the masks themselves."""
+    from kernels.attention import reference_mask
+    from kernels.blocked import build_plan
+    from kernels.flex import build_block_mask
+    from kernels.work import computed_pairs, flex_blocks, visible_pairs
+
+    cpu = torch.device("cpu")
+    mask = reference_mask(q_grid, kv_grid, extent, causal, 1, cpu, wrap)
+    assert visible_pairs(q_grid, kv_grid, extent, causal, 1, wrap) == int(mask.sum())
+    assert computed_pairs("reference", q_grid, kv_grid, extent, causal, 1, wrap) == mask.numel()
+    plan = build_plan(q_grid, kv_grid, extent, causal, 1, cpu, None, wrap)
+    assert computed_pairs("blocked", q_grid, kv_grid, extent, causal, 1, wrap) == plan.mask.numel()
+    blocks = build_block_mask(q_grid, kv_grid, extent, causal, 1, cpu, wrap)
+    expected = int(blocks.kv_num_blocks.sum()) + (0 if blocks.full_kv_num_blocks is None
+                                                  else int(blocks.full_kv_num_blocks.sum()))
+    assert flex_blocks(q_grid, kv_grid, extent, causal, 1, wrap) == expected

@@ -6,6 +6,11 @@ tensor bytes); on CUDA also flex (peak allocated bytes).
 
     python tools/bench_3dna.py                      # the CPU table in docs/benchmarks.md
     python tools/bench_3dna.py --device cuda --heads 20 --dtype bf16 --frames 1 10 20 40
+    python tools/bench_3dna.py --work               # work per backend as a multiple of the visible pairs
+
+`--work` runs nothing: it counts the query-key pairs each backend computes (kernels/work.py), padding and
+masked pairs in its tiles included, against the pairs the mask allows. On a GPU, where these kernels are
+bound by arithmetic, the ratio of two backends' multiples predicts their speed ratio.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from torch.utils._pytree import tree_map_only
 from kernels import nearby_attention
 from kernels.attention import reference_mask
 from kernels.blocked import build_plan
+from kernels.work import computed_pairs, visible_pairs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -133,7 +139,10 @@ def main():
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--glibc-default", action="store_true",
                         help="keep glibc's mmap threshold: large buffers are page-faulted anew on every call")
+    parser.add_argument("--work", action="store_true", help="count the work per backend instead of timing it")
     args = parser.parse_args()
+    if args.work:
+        return print_work(args.frames, tuple(args.extent))
     device = torch.device(args.device)
     backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
     if device.type == "cpu" and not args.glibc_default:
@@ -159,6 +168,23 @@ def main():
               + " ".join(f"{t_ref / results[b][0]:15.1f}x" for b in others) + " | "
               + " ".join(f"{results[b][1] / 2**20:12.1f}" for b in backends) + " | "
               + " ".join(f"{m_ref / max(results[b][1], 1):16.1f}x" for b in others))
+
+
+def print_work(frames: list[int], extent) -> None:
+    """The work table: visible pairs, and per backend the pairs computed and their multiple of the visible."""
+    backends = ("reference", "blocked", "flex")
+    print(f"3DNA work, causal, extent {extent}, one <bos> global key: query-key pairs computed (tiles, padding and "
+          f"masked pairs included) as a multiple of the visible pairs; the ideal is 1")
+    header = (f"{'grid':>10} | {'visible':>10} | " + " ".join(f"{b + ' pairs':>16}" for b in backends) + " | "
+              + " ".join(f"{b + ' ×':>12}" for b in backends))
+    print(header)
+    print("-" * len(header))
+    for n in frames:
+        grid = (n, 21, 21)
+        visible = visible_pairs(grid, grid, extent, True, 1)
+        pairs = {b: computed_pairs(b, grid, grid, extent, True, 1) for b in backends}
+        print(f"{f'{n}x21x21':>10} | {visible:>10,} | " + " ".join(f"{pairs[b]:>16,}" for b in backends) + " | "
+              + " ".join(f"{pairs[b] / visible:>11.1f}x" for b in backends))
 
 
 if __name__ == "__main__":
