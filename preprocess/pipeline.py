@@ -15,18 +15,21 @@ and writes `manifest.split-…json`; `preprocess/merge_manifests.py` joins the K
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from model.vqgan import VQGAN
-from preprocess.readers import (DECODE_ERROR, NO_CURATION, ClipSampling, Curation, InputUnit, Skip, SkipInput,
-                                image_pixels, iter_unit, list_units, uint8_to_model, video_clips)
+from preprocess.readers import (BAD_LABEL_MAP, DECODE_ERROR, NO_CURATION, NO_LABEL_MAP, ClipSampling, Curation,
+                                InputUnit, RawItem, Skip, SkipInput, image_pixels, iter_unit, label_clip, label_map,
+                                list_units, timed_video_clips, uint8_to_model)
 from preprocess.shards import MANIFEST, ShardWriter, make_manifest, shard_name, split_manifest_name
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
 
@@ -55,6 +58,7 @@ class TokenizeConfig:
     max_aspect: float = 0.0
     cut_threshold: float = 0.0
     min_motion: float = 0.0
+    vqgan_seg: str = ""  # a VQ-GAN-Seg: also write the sketch codes of every sample's label map
 
     def __post_init__(self):
         if self.modality not in ("image", "video"):
@@ -77,13 +81,14 @@ class DecodeStream(IterableDataset):
     """Decoded samples of the given units, in unit order per worker, as chunks of ≤ `chunk_size`.
 
     A chunk is a dict: unit, keys, pixels (uint8 [n, 3, H, W] or [n, T, 3, H, W]), captions,
-    caption_issues ([key, issue] per input), skips ([key, reason, detail]), and on the last
-    chunk of a unit end=True with num_inputs and num_inputs_used."""
+    caption_issues ([key, issue] per input), skips ([key, reason, detail]), with `sketch` = (num_classes,
+    resolution) also sketches (label maps uint16 [n, 1 or T, H', W']), and on the last chunk of a unit
+    end=True with num_inputs and num_inputs_used."""
 
     def __init__(self, units: list[tuple[int, InputUnit]], modality: str, resolution: int, sampling: ClipSampling,
-                 chunk_size: int, curation: Curation = NO_CURATION):
+                 chunk_size: int, curation: Curation = NO_CURATION, sketch: tuple[int, int] | None = None):
         self.units, self.modality, self.resolution = units, modality, resolution
-        self.sampling, self.chunk_size, self.curation = sampling, chunk_size, curation
+        self.sampling, self.chunk_size, self.curation, self.sketch = sampling, chunk_size, curation, sketch
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -91,11 +96,36 @@ class DecodeStream(IterableDataset):
         for index, unit in self.units[worker::workers]:
             yield from self.decode_unit(index, unit)
 
-    def decode(self, media: bytes) -> list[np.ndarray]:
-        """One input's pixels: one image, or one array per clip."""
+    def decode(self, item: RawItem) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """One input's pixels (one image, or one array per clip) and, when sketches are asked for, its label
+        maps at the same frames ([1, H', W'] per image, [T, H', W'] per clip)."""
         if self.modality == "image":
-            return [image_pixels(media, self.resolution, self.curation)]
-        return video_clips(media, self.sampling, self.resolution, self.curation)
+            pixels = [image_pixels(item.media, self.resolution, self.curation)]
+            return pixels, [self.image_sketch(item)[None]] if self.sketch else []
+        clips = timed_video_clips(item.media, self.sampling, self.resolution, self.curation)
+        if not self.sketch:
+            return [clip for _, clip in clips], []
+        data = self.sketch_bytes(item, "seg.npz")
+        classes, resolution = self.sketch
+        return [clip for _, clip in clips], [label_clip(data, start, self.sampling, resolution, classes)
+                                             for start, _ in clips]
+
+    def sketch_bytes(self, item: RawItem, kind: str) -> bytes:
+        if item.sketch is None or item.sketch[0] != kind:
+            raise SkipInput(NO_LABEL_MAP, f"expected a {kind} label map beside it" +
+                            (f", found {item.sketch[0]}" if item.sketch else ""))
+        return item.sketch[1]
+
+    def image_sketch(self, item: RawItem) -> np.ndarray:
+        """The image's label map at the sketch resolution; its size must be the image's (else the crops differ)."""
+        data = self.sketch_bytes(item, "seg.png")
+        classes, resolution = self.sketch
+        labels = label_map(data, resolution, classes)
+        with Image.open(io.BytesIO(item.media)) as image, Image.open(io.BytesIO(data)) as seg:
+            if image.size != seg.size:
+                raise SkipInput(BAD_LABEL_MAP, f"label map {seg.size[0]}x{seg.size[1]}, image "
+                                               f"{image.size[0]}x{image.size[1]}")
+        return labels
 
     def decode_unit(self, index: int, unit: InputUnit) -> Iterator[dict]:
         chunk = self._empty_chunk(index)
@@ -106,7 +136,7 @@ class DecodeStream(IterableDataset):
                 chunk["skips"].append([item.key, item.reason, item.detail])
                 continue
             try:
-                arrays = self.decode(item.media)
+                arrays, sketches = self.decode(item)
             except SkipInput as error:
                 chunk["skips"].append([item.key, error.reason, error.detail])
                 continue
@@ -120,6 +150,7 @@ class DecodeStream(IterableDataset):
                 f"{item.key}#{c}" for c in range(len(arrays))]
             chunk["keys"] += clip_keys
             chunk["pixels"] += arrays
+            chunk["sketches"] += sketches
             chunk["captions"] += [item.caption] * len(arrays)
             if len(chunk["keys"]) >= self.chunk_size:
                 yield self._seal(chunk)
@@ -128,12 +159,13 @@ class DecodeStream(IterableDataset):
 
     @staticmethod
     def _empty_chunk(index: int) -> dict:
-        return {"unit": index, "keys": [], "pixels": [], "captions": [], "caption_issues": [], "skips": [],
-                "end": False}
+        return {"unit": index, "keys": [], "pixels": [], "sketches": [], "captions": [], "caption_issues": [],
+                "skips": [], "end": False}
 
     @staticmethod
     def _seal(chunk: dict, **extra) -> dict:
         chunk["pixels"] = np.stack(chunk["pixels"]) if chunk["pixels"] else None
+        chunk["sketches"] = np.stack(chunk["sketches"]) if chunk["sketches"] else None
         return {**chunk, **extra}
 
 
@@ -142,8 +174,10 @@ class UnitAssembler:
     at shard-relative multiples of `batch_size`, and writes every shard the folder lacks."""
 
     def __init__(self, unit: int, writer: ShardWriter, encode: Callable[[torch.Tensor], np.ndarray],
-                 tokenizer: CaptionTokenizer, shard_size: int, batch_size: int):
+                 tokenizer: CaptionTokenizer, shard_size: int, batch_size: int,
+                 encode_sketch: Callable[[torch.Tensor], np.ndarray] | None = None):
         self.unit, self.writer, self.encode, self.tokenizer = unit, writer, encode, tokenizer
+        self.encode_sketch = encode_sketch
         self.shard_size, self.batch_size = shard_size, batch_size
         self.shards: list[dict] = []
         self.skipped: list[dict] = []
@@ -157,12 +191,16 @@ class UnitAssembler:
         self.codes: list[np.ndarray] = []
         self.texts: list[tuple[np.ndarray, int]] = []
         self.pending: list[torch.Tensor] = []
+        self.sketch_codes: list[np.ndarray] = []
+        self.pending_sketches: list[torch.Tensor] = []
 
-    def add(self, key: str, pixels: torch.Tensor, caption: str | None) -> None:
+    def add(self, key: str, pixels: torch.Tensor, caption: str | None, sketch: torch.Tensor | None = None) -> None:
         self.keys.append(key)
         if not self.done:
             self.texts.append(self.tokenizer.encode(caption))
             self.pending.append(pixels)
+            if self.encode_sketch is not None:
+                self.pending_sketches.append(sketch)
             if len(self.pending) == self.batch_size:
                 self._flush_batch()
         if len(self.keys) == self.shard_size:
@@ -172,13 +210,17 @@ class UnitAssembler:
         if self.pending:
             self.codes.append(self.encode(torch.stack(self.pending)))
             self.pending = []
+        if self.pending_sketches:
+            self.sketch_codes.append(self.encode_sketch(torch.stack(self.pending_sketches)))
+            self.pending_sketches = []
 
     def _finish_shard(self) -> None:
         if not self.done:
             self._flush_batch()
             self.writer.write_shard(self.name, np.concatenate(self.codes),
                                     np.stack([ids for ids, _ in self.texts]).astype(np.int32),
-                                    np.array([n for _, n in self.texts], dtype=np.int32), self.keys)
+                                    np.array([n for _, n in self.texts], dtype=np.int32), self.keys,
+                                    np.concatenate(self.sketch_codes) if self.sketch_codes else None)
         self.shards.append({"name": self.name, "num_samples": len(self.keys)})
         self._start_shard()
 
@@ -199,6 +241,18 @@ def make_encoder(vqgan: torch.nn.Module, device: torch.device) -> Callable[[torc
         x = uint8_to_model(pixels.to(device))
         codes = vqgan.encode_video(x) if x.ndim == 5 else vqgan.encode(x)[:, None]
         return codes.cpu().numpy().astype(np.uint16)
+
+    return encode
+
+
+def make_sketch_encoder(vqgan_seg: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], np.ndarray]:
+    """uint16 label maps [B, S, H, W] → uint16 sketch codes [B, S, h, w], every frame coded alone."""
+
+    @torch.inference_mode()
+    def encode(labels: torch.Tensor) -> np.ndarray:
+        B, S = labels.shape[:2]
+        codes = vqgan_seg.encode(labels.to(device).long().flatten(0, 1))  # [B·S, h, w]
+        return codes.view(B, S, *codes.shape[1:]).cpu().numpy().astype(np.uint16)
 
     return encode
 
@@ -225,6 +279,13 @@ def _tokenize(config: TokenizeConfig) -> dict:
     tokenizer = CaptionTokenizer(config.tokenizer)
     resolution = vqgan.config.resolution
     units = list_units(config.inputs, config.shard_size)
+    seg = VQGAN.from_pretrained(config.vqgan_seg).to(device).eval() if config.vqgan_seg else None
+    if seg is not None and not seg.config.num_classes:
+        raise ValueError(f"--vqgan-seg {config.vqgan_seg} is an image VQ-GAN: a VQ-GAN-Seg has model.num_classes > 0")
+    sketch = None if seg is None else {
+        "vqgan_fingerprint": seg.fingerprint(), "num_classes": seg.config.num_classes,
+        "codebook_size": seg.config.codebook_size, "resolution": seg.config.resolution,
+        "grid": [config.num_frames if config.modality == "video" else 1, *seg.config.grid]}
     header = {
         "modality": config.modality,
         "resolution": resolution,
@@ -237,6 +298,7 @@ def _tokenize(config: TokenizeConfig) -> dict:
         "none_text_ids": tokenizer.encode_none()[0].tolist(),  # V2V's condition: the trainer needs no tokenizer
         "sampling": dataclasses.asdict(config.sampling) if config.modality == "video" else None,
         **({"curation": dataclasses.asdict(config.curation)} if config.curation != NO_CURATION else {}),
+        **({"sketch": sketch} if sketch else {}),
     }
     writer = ShardWriter(config.output)
     writer.check_settings({**header, "shard_size": config.shard_size,
@@ -246,11 +308,13 @@ def _tokenize(config: TokenizeConfig) -> dict:
     todo = [u for u in mine if not writer.has_unit(u)
             or not all(writer.has_shard(s["name"]) for s in writer.read_unit(u)["shards"])]
     stream = DecodeStream([(u, units[u]) for u in todo], config.modality, resolution, config.sampling,
-                          config.batch_size, config.curation)
+                          config.batch_size, config.curation,
+                          None if seg is None else (seg.config.num_classes, seg.config.resolution))
     workers = min(config.workers, len(todo))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                         pin_memory=device.type == "cuda")
     encode = make_encoder(vqgan, device)
+    encode_sketch = None if seg is None else make_sketch_encoder(seg, device)
     assemblers: dict[int, UnitAssembler] = {}
     counts = {"samples": 0, "skipped": 0, "units": 0}
     waited = 0.0
@@ -260,7 +324,8 @@ def _tokenize(config: TokenizeConfig) -> dict:
         waited += time.perf_counter() - wait_start
         unit = chunk["unit"]
         if unit not in assemblers:
-            assemblers[unit] = UnitAssembler(unit, writer, encode, tokenizer, config.shard_size, config.batch_size)
+            assemblers[unit] = UnitAssembler(unit, writer, encode, tokenizer, config.shard_size, config.batch_size,
+                                             encode_sketch)
         assembler = assemblers[unit]
         for key, reason, detail in chunk["skips"]:
             assembler.skipped.append({"key": key, "reason": reason, "detail": detail})
@@ -268,7 +333,8 @@ def _tokenize(config: TokenizeConfig) -> dict:
         for key, issue in chunk["caption_issues"]:
             assembler.captions.setdefault(issue, []).append(key)
         for i, key in enumerate(chunk["keys"]):
-            assembler.add(key, chunk["pixels"][i], chunk["captions"][i])
+            assembler.add(key, chunk["pixels"][i], chunk["captions"][i],
+                          None if chunk["sketches"] is None else chunk["sketches"][i])
         counts["samples"] += len(chunk["keys"])
         counts["skipped"] += len(chunk["skips"])
         bar.update(len(chunk["keys"]))

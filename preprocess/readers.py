@@ -62,6 +62,7 @@ NOT_MEDIA = ("txt", "json", "caption", "cls", "url", "id", "key", "meta", "yaml"
 """Member extensions that hold captions or metadata: a sample's other members with an unknown extension
 are tried as media (a decoder that cannot read them skips the sample with its reason)."""
 LABEL_EXTENSIONS = ("seg.png",)  # a label map beside an image: {key}.seg.png, one class id per pixel
+SKETCH_EXTENSIONS = ("seg.png", "seg.npz")  # an image's label map; a video's label stack (`labels`, `fps`)
 MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "seg": LABEL_EXTENSIONS}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_SUFFIXES = (".csv", ".jsonl")
@@ -81,9 +82,10 @@ EXTREME_ASPECT = "extreme_aspect"  # curation: longer over shorter side above --
 SHOT_CUT = "shot_cut"  # curation: every clip holds a hard cut (--skip-cuts)
 STATIC_CLIP = "static_clip"  # curation: every clip is still (--min-motion)
 BAD_LABEL_MAP = "bad_label_map"  # not a one-channel map of class ids, or a class beyond num_classes
+NO_LABEL_MAP = "no_label_map"  # sketch codes were asked for, and the sample has no label map
 SKIP_REASONS = (ZERO_BYTE, CORRUPT_IMAGE, DECOMPRESSION_BOMB, CORRUPT_VIDEO, VIDEO_TOO_SHORT, BROKEN_TAR,
                 NO_MEDIA, MISSING_FILE, DECODE_ERROR, NO_VIDEO_STREAM, TOO_SMALL, EXTREME_ASPECT, SHOT_CUT, STATIC_CLIP,
-                BAD_LABEL_MAP)
+                BAD_LABEL_MAP, NO_LABEL_MAP)
 CAPTION_MISSING = "caption_missing"
 CAPTION_NON_UTF8 = "caption_non_utf8"
 
@@ -153,6 +155,7 @@ class RawItem:
     media: bytes
     caption: str | None
     caption_issue: str | None  # CAPTION_MISSING, CAPTION_NON_UTF8 or None
+    sketch: tuple[str, bytes] | None = None  # its label map: ("seg.png" | "seg.npz", bytes), when it has one
 
 
 @dataclasses.dataclass
@@ -260,11 +263,36 @@ def label_map(data: bytes, resolution: int, num_classes: int) -> np.ndarray:
         raise SkipInput(BAD_LABEL_MAP, f"mode {image.mode}: a label map holds one class id per pixel (L, P or 16-bit)")
     if image.mode.startswith("I;16"):
         image = image.convert("I")
-    labels = np.asarray(resize_center_crop(image, resolution, Image.NEAREST))
+    return _checked_labels(np.asarray(resize_center_crop(image, resolution, Image.NEAREST)), num_classes)
+
+
+def _checked_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise SkipInput(BAD_LABEL_MAP, f"class ids {int(labels.min())}..{int(labels.max())}, the model has "
                                        f"{num_classes} classes")
     return labels.astype(np.uint16)
+
+
+def label_clip(data: bytes, start: float, sampling: ClipSampling, resolution: int, num_classes: int) -> np.ndarray:
+    """A video's label stack (`.npz` with `labels` [F, H, W], one map per frame from t = 0, and `fps`, their
+    rate) → uint16 [T, resolution, resolution]: the maps on screen at the times of the clip that starts at
+    `start`, chosen by the rule that picks the clip's video frames (raises SkipInput)."""
+    try:
+        with np.load(io.BytesIO(data)) as stack:
+            labels, fps = stack["labels"], float(stack["fps"])
+    except (OSError, ValueError, KeyError, EOFError, zlib.error) as error:
+        raise SkipInput(BAD_LABEL_MAP, f"not a label stack (npz with labels [F, H, W] and fps): {error}") from None
+    if labels.ndim != 3 or labels.dtype.kind not in "ui" or not fps > 0:
+        raise SkipInput(BAD_LABEL_MAP, f"labels {labels.dtype} {labels.shape} at fps {fps}: expected integer "
+                                       f"[F, H, W] maps at a positive rate")
+    times = start + np.arange(sampling.num_frames) / sampling.fps
+    if start + sampling.seconds > len(labels) / fps + 1e-3:  # the rule a clip fits its video by
+        raise SkipInput(BAD_LABEL_MAP, f"{len(labels)} label maps at {fps:g} fps end at {len(labels) / fps:.2f} s; "
+                                       f"the clip needs {start + sampling.seconds:.2f} s")
+    picks = np.searchsorted(np.arange(len(labels)) / fps, times + 1e-3, side="right") - 1
+    return np.stack([_checked_labels(np.asarray(resize_center_crop(Image.fromarray(labels[i].astype(np.int32)),
+                                                                   resolution, Image.NEAREST)), num_classes)
+                     for i in picks])
 
 
 # ---------------------------------------------------------------------------------------- videos
@@ -311,7 +339,14 @@ def frame_timestamps(reader) -> tuple[np.ndarray, float]:
 
 def video_clips(data: bytes, sampling: ClipSampling, resolution: int, curation: Curation = NO_CURATION
                 ) -> list[np.ndarray]:
-    """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput).
+    """Encoded video bytes → one uint8 [T, 3, resolution, resolution] array per clip (raises SkipInput)."""
+    return [clip for _, clip in timed_video_clips(data, sampling, resolution, curation)]
+
+
+def timed_video_clips(data: bytes, sampling: ClipSampling, resolution: int, curation: Curation = NO_CURATION
+                      ) -> list[tuple[float, np.ndarray]]:
+    """Encoded video bytes → (start in seconds, uint8 [T, 3, resolution, resolution]) per clip kept (raises
+    SkipInput).
 
     decord reads the video; what it cannot read, or measures to a length other than the container
     states, is read again with PyAV (FFmpeg), and only when both fail is the video skipped, with both
@@ -335,7 +370,8 @@ def video_clips(data: bytes, sampling: ClipSampling, resolution: int, curation: 
                 raise SkipInput(second.reason, f"decord: {first.detail}; PyAV: {second.detail}"[:400]) from None
     clips = [np.stack([upright(frame, video, resolution) for frame in clip]) for clip in clips]
     problems = [curation.clip_problem(clip) for clip in clips]
-    kept = [clip for clip, problem in zip(clips, problems) if problem is None]
+    kept = [(sampling.start + c * sampling.seconds, clip) for c, (clip, problem) in enumerate(zip(clips, problems))
+            if problem is None]
     if not kept:
         raise problems[0]
     return kept
@@ -704,7 +740,8 @@ def _iter_local_tar(local: str, path: str, extensions: tuple[str, ...]) -> Itera
             if ext is None:
                 yield Skip(key, NO_MEDIA, f"members {members}")
                 continue
-            yield RawItem(key, sample[ext], *sample_caption(sample))
+            sketch = next(((e, sample[e]) for e in SKETCH_EXTENSIONS if e in sample and e != ext), None)
+            yield RawItem(key, sample[ext], *sample_caption(sample), sketch)
     except BrokenTar as error:
         yield Skip(error.key, BROKEN_TAR, str(error))
     except ValueError as error:  # group_by_keys: a file name twice in one sample
@@ -713,8 +750,8 @@ def _iter_local_tar(local: str, path: str, extensions: tuple[str, ...]) -> Itera
 
 @functools.lru_cache(maxsize=2)  # every unit of an index file reads it; parse it once per process
 def read_index(path: str) -> list[dict]:
-    """Rows of a CSV (header with `path` and `caption`) or JSONL index; caption bytes kept raw so
-    that a not-UTF-8 caption is detected per row."""
+    """Rows of a CSV (header with `path` and `caption`, optionally `seg`: the label map's path) or JSONL index;
+    caption bytes kept raw so that a not-UTF-8 caption is detected per row."""
     text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
     if path.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
@@ -722,7 +759,7 @@ def read_index(path: str) -> list[dict]:
             raise ValueError(f"{path}: the CSV header needs a `path` column (and `caption`), got {list(rows[0])}")
     else:
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [{"path": row["path"], "caption": row.get("caption")} for row in rows]
+    return [{"path": row["path"], "caption": row.get("caption"), "seg": row.get("seg") or None} for row in rows]
 
 
 def iter_index(path: str, rows: tuple[int, int]) -> Iterator[RawItem | Skip]:
@@ -737,7 +774,14 @@ def iter_index(path: str, rows: tuple[int, int]) -> Iterator[RawItem | Skip]:
             yield Skip(key, MISSING_FILE, str(error))
             continue
         raw = caption.encode("utf-8", errors="surrogateescape") if isinstance(caption, str) else None
-        yield RawItem(key, media, *decode_caption(raw))
+        sketch = None
+        if row["seg"]:
+            try:
+                sketch = ("seg.npz" if row["seg"].endswith(".npz") else "seg.png", (root / row["seg"]).read_bytes())
+            except OSError as error:
+                yield Skip(key, MISSING_FILE, f"label map: {error}")
+                continue
+        yield RawItem(key, media, *decode_caption(raw), sketch)
 
 
 def iter_unit(unit: InputUnit, modality: str) -> Iterator[RawItem | Skip]:

@@ -11,6 +11,7 @@ One folder per dataset and modality::
         codes.npy                  uint16 [n, S, H, W]   VQ codes, S = 1 for images
         text.npy                   int32  [n, 77]        caption ids, padded
         text_len.npy               int32  [n]            0 = no caption (V2V only)
+        sketch.npy                 uint16 [n, S, H', W'] VQ-GAN-Seg codes of the label maps (format /3 only)
         keys.json                  [n] sample keys
     unit-UUUUU.json                record of a finished unit: its shards, skips, caption issues
     manifest.split-IIIII-of-KKKKK.json   instead of manifest.json when a run is one of K splits
@@ -24,7 +25,9 @@ may give several samples), skipped_by_reason, captions_by_issue (those samples a
 shards [{name, num_samples}] in global order, details (the file name), and split {index, count,
 num_units} in a split's manifest. details.json: skipped {reason: [{key, source, detail}]},
 captions {caption_missing | caption_non_utf8: [keys]}, units (the per-unit records). Shards of
-format /1, with the details inline in manifest.json, still read.
+format /1, with the details inline in manifest.json, still read. Format /3 adds the sketch codes of
+label maps (the paper's S2I/S2V inputs): `sketch.npy` in every shard and the manifest field `sketch`
+{vqgan_fingerprint, num_classes, codebook_size, grid}; shards without sketches stay /2.
 
 Global sample order is unit order, then part, then position; `ShardDataset[i]` maps a global
 index to its shard through the cumulative counts of the manifest's shard list, and reads it
@@ -45,8 +48,10 @@ import numpy as np
 from model.storage import atomic_path, atomic_write, remove
 
 FORMAT = "nuwa-code-shards/2"
-READABLE_FORMATS = ("nuwa-code-shards/1", FORMAT)
-"""/1 held the per-input details in manifest.json itself; /2 keeps them in details.json."""
+SKETCH_FORMAT = "nuwa-code-shards/3"
+READABLE_FORMATS = ("nuwa-code-shards/1", FORMAT, SKETCH_FORMAT)
+"""/1 held the per-input details in manifest.json itself; /2 keeps them in details.json; /3 is /2 with sketch
+codes beside the visual codes."""
 CODES_DTYPE = "uint16"
 TEXT_DTYPE = "int32"
 MANIFEST = "manifest.json"
@@ -102,17 +107,20 @@ class ShardWriter:
         return (self.folder / name).is_dir()
 
     def write_shard(self, name: str, codes: np.ndarray, text: np.ndarray, text_len: np.ndarray,
-                    keys: list[str]) -> None:
+                    keys: list[str], sketch: np.ndarray | None = None) -> None:
         """Write one shard folder atomically (temporary folder, then rename)."""
         n = len(keys)
-        if not (codes.shape[0] == text.shape[0] == text_len.shape[0] == n) or codes.ndim != 4:
+        if not (codes.shape[0] == text.shape[0] == text_len.shape[0] == n) or codes.ndim != 4 or (
+                sketch is not None and (sketch.shape[:2] != codes.shape[:2] or sketch.ndim != 4)):
             raise ValueError(f"{name}: inconsistent shapes codes {codes.shape}, text {text.shape}, "
-                             f"text_len {text_len.shape}, {n} keys")
+                             f"text_len {text_len.shape}, sketch {None if sketch is None else sketch.shape}, {n} keys")
         with atomic_path(self.folder / name, prefix=TMP_PREFIX) as tmp:
             tmp.mkdir()
             np.save(tmp / "codes.npy", np.ascontiguousarray(codes, dtype=CODES_DTYPE))
             np.save(tmp / "text.npy", np.ascontiguousarray(text, dtype=TEXT_DTYPE))
             np.save(tmp / "text_len.npy", np.ascontiguousarray(text_len, dtype=TEXT_DTYPE))
+            if sketch is not None:
+                np.save(tmp / "sketch.npy", np.ascontiguousarray(sketch, dtype=CODES_DTYPE))
             (tmp / "keys.json").write_text(_dumps(list(keys)), encoding="utf-8")
 
     def unit_path(self, unit: int) -> Path:
@@ -158,7 +166,7 @@ def make_manifest(header: dict, units: list[dict]) -> dict:
     shards = [shard for record in units for shard in record["shards"]]
     return {
         **_normalise(header),
-        "format": FORMAT,
+        "format": SKETCH_FORMAT if header.get("sketch") else FORMAT,
         "codes_dtype": CODES_DTYPE,
         "text_dtype": TEXT_DTYPE,
         "num_samples": sum(s["num_samples"] for s in shards),
@@ -200,8 +208,9 @@ def merge_manifests(manifests: list[dict]) -> dict:
 class ShardDataset:
     """Random access to code shards by global sample index (memmapped, opened on first use).
 
-    `ds[i]` → {"codes": uint16 [S, H, W], "text": int32 [77], "text_len": int}; `ds.key(i)` → its key
-    (read from the shard's keys.json on first use: the training path never needs it)."""
+    `ds[i]` → {"codes": uint16 [S, H, W], "text": int32 [77], "text_len": int}, plus "sketch": uint16
+    [S, H', W'] in shards that hold sketch codes (`ds.has_sketch`); `ds.key(i)` → its key (read from the
+    shard's keys.json on first use: the training path never needs it)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -215,7 +224,8 @@ class ShardDataset:
             raise ValueError(f"{path}: format {self.manifest.get('format')!r}, expected one of {READABLE_FORMATS}")
         self.shards = [s["name"] for s in self.manifest["shards"]]
         self.offsets = np.cumsum([0] + [s["num_samples"] for s in self.manifest["shards"]])
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.has_sketch = bool(self.manifest.get("sketch"))
+        self._arrays: dict[int, tuple[np.ndarray, ...]] = {}
         self._keys: dict[int, list[str]] = {}
 
     def __len__(self) -> int:
@@ -235,11 +245,12 @@ class ShardDataset:
         shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
         return shard, index - int(self.offsets[shard])
 
-    def _open(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _open(self, shard: int) -> tuple[np.ndarray, ...]:
+        """(codes, text, text_len[, sketch]) of one shard, memmapped."""
         if shard not in self._arrays:
             folder = self.folder / self.shards[shard]
-            self._arrays[shard] = tuple(np.load(folder / f"{name}.npy", mmap_mode="r")
-                                        for name in ("codes", "text", "text_len"))
+            names = ("codes", "text", "text_len") + (("sketch",) if self.has_sketch else ())
+            self._arrays[shard] = tuple(np.load(folder / f"{name}.npy", mmap_mode="r") for name in names)
         return self._arrays[shard]
 
     def key(self, index: int) -> str:
@@ -250,8 +261,11 @@ class ShardDataset:
 
     def __getitem__(self, index: int) -> dict:
         shard, row = self.locate(index)
-        codes, text, text_len = self._open(shard)
-        return {"codes": np.array(codes[row]), "text": np.array(text[row]), "text_len": int(text_len[row])}
+        codes, text, text_len, *sketch = self._open(shard)
+        sample = {"codes": np.array(codes[row]), "text": np.array(text[row]), "text_len": int(text_len[row])}
+        if sketch:
+            sample["sketch"] = np.array(sketch[0][row])
+        return sample
 
     def details(self) -> dict:
         """{"skipped": {reason: [{key, source, detail}]}, "captions": {issue: [keys]}, "units": [records]}."""

@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
     parser.add_argument("--output", required=True, help="shard folder (created; re-runs resume)")
     parser.add_argument("--vqgan", required=True, help="folder written by VQGAN.save_pretrained")
     parser.add_argument("--tokenizer", required=True, help="sentencepiece .model from preprocess/train_tokenizer.py")
+    parser.add_argument("--vqgan-seg", default="", help="a VQ-GAN-Seg folder: also code each sample's label map "
+                        "({key}.seg.png beside an image, {key}.seg.npz beside a video, or an index's seg column) "
+                        "into sketch codes (S2I/S2V); samples without one are skipped")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="decoding processes (0: in-process)")
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="samples per shard")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per VQ-GAN batch")
@@ -59,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> TokenizeConfig:
                           device=device, threads=args.threads, num_frames=args.num_frames,
                           frame_rate=args.frame_rate, clip_start=args.clip_start, clips_per_video=args.clips_per_video,
                           min_side=args.min_side, max_aspect=args.max_aspect, cut_threshold=args.skip_cuts,
-                          min_motion=args.min_motion)
+                          min_motion=args.min_motion, vqgan_seg=args.vqgan_seg)
 
 
 def main(argv: list[str] | None = None) -> None:
