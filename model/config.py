@@ -45,6 +45,9 @@ class NuwaConfig:
     """Image (and image sketch) window: 3×3 positions in one frame."""
     video_extent: Extent = (3, 3, 3)
     """Video (and video sketch) window: 3 frames × 3×3 positions."""
+    sketch_codebook_size: int = 0
+    """The VQ-GAN-Seg's codebook size for the sketch tasks S2I/S2V (0: text conditions only). A sketch is a
+    code grid the size of the visual one; the encoder reads it with 3DNA (image or video extent)."""
     rotary: bool = False
     """Also turn the decoder's self-attention queries and keys by their 3D location (rotary encoding,
     frequencies split between time, row and column): an offset in the window ("one frame back, one

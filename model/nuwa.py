@@ -148,7 +148,11 @@ class DecoderBlock(nn.Module):
 
 
 class Nuwa(nn.Module):
-    """Text (or any condition grid) → encoder; visual codes → causal decoder → logits over the codebook."""
+    """Text or a sketch → encoder; visual codes → causal decoder → logits over the codebook.
+
+    The adaptive encoder (paper Sec. 3.3) reads a caption on the 1×1×77 text grid, or sketch codes (a
+    VQ-GAN-Seg's codes of a label map, on the visual grid) with the image or video window; the decoder's
+    cross-attention reads either condition through 3DNA over the condition's grid."""
 
     def __init__(self, config: NuwaConfig):
         super().__init__()
@@ -156,6 +160,8 @@ class Nuwa(nn.Module):
         d = config.width
         self.text_embed = nn.Embedding(config.text_vocab_size, d)
         self.text_pos = nn.Embedding(config.text_length, d)  # the text grid's time axis
+        if config.sketch_codebook_size:  # sketch positions share the decoder's tables: the same grid
+            self.sketch_embed = nn.Embedding(config.sketch_codebook_size, d)
         self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
         self.encoder_norm = LayerNorm(d)
 
@@ -225,6 +231,19 @@ class Nuwa(nn.Module):
             x = self._run(block, x, self.config.text_grid, self.config.text_extent, keys)
         return self.encoder_norm(x), keys
 
+    def encode_sketch(self, sketch: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """sketch codes [B, S, H, W] → (condition states [B, S·H·W, d] on the sketch's grid, None: every
+        position is a key). Windows: the image extent for one frame, the video extent for a clip."""
+        if not self.config.sketch_codebook_size:
+            raise ValueError("this model has no sketch encoder (model.sketch_codebook_size 0)")
+        B, S, H, W = sketch.shape
+        grid = (S, H, W)
+        self.check_grid(grid)
+        x = self.sketch_embed(sketch.reshape(B, -1).long()) + self.position_embedding(grid)
+        for block in self.encoder:
+            x = self._run(block, x, grid, self.extent_for(grid), None)
+        return self.encoder_norm(x), None
+
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """[S·H·W, d]: per-axis tables added, in raster order."""
         S, H, W = grid
@@ -247,18 +266,29 @@ class Nuwa(nn.Module):
         tokens = self.code_embed(codes[:, :-1])  # (B, N-1, d)
         return torch.cat([self.bos.expand(B, 1, -1), tokens], dim=1)
 
-    def decode(self, codes: torch.Tensor, condition: torch.Tensor, condition_keys: torch.Tensor) -> torch.Tensor:
-        """codes [B, S, H, W], condition [B, L, d] with its keys [B, L] → logits [B, S·H·W, codebook]
-        (slot t predicts y_t)."""
+    def condition_window(self, grid: tuple[int, int, int], condition_keys: torch.Tensor | None,
+                         condition_length: int) -> tuple[tuple[int, int, int], tuple]:
+        """(the condition's grid, the cross-attention window): text (with its keys) is the 1×1×L grid seen
+        whole; a sketch (no key mask) lies on the visual grid, seen through that grid's window."""
+        if condition_keys is None:
+            return grid, self.extent_for(grid)
+        return (1, 1, condition_length), self.config.text_extent
+
+    def decode(self, codes: torch.Tensor, condition: torch.Tensor, condition_keys: torch.Tensor | None
+               ) -> torch.Tensor:
+        """codes [B, S, H, W], condition [B, L, d] with its keys [B, L] (text) or None (a sketch on the code
+        grid) → logits [B, S·H·W, codebook] (slot t predicts y_t)."""
         B, S, H, W = codes.shape
         grid = (S, H, W)
         self.check_grid(grid)
         x = self.decoder_input(codes.reshape(B, -1)) + self.position_embedding(grid)  # slot t gets location t
         extent = self.extent_for(grid)
-        condition_grid = (1, 1, condition.shape[1])
+        condition_grid, condition_extent = self.condition_window(grid, condition_keys, condition.shape[1])
+        if condition_keys is None and condition.shape[1] != S * H * W:
+            raise ValueError(f"a sketch of {condition.shape[1]} positions for a code grid of {grid}")
         angles = self.rotary_angles(grid)
         for block in self.decoder:
-            x = self._run(block, x, grid, extent, condition, condition_grid, self.config.text_extent, condition_keys,
+            x = self._run(block, x, grid, extent, condition, condition_grid, condition_extent, condition_keys,
                           angles, self.wrap())
         return self.head(self.decoder_norm(x))
 
@@ -268,8 +298,13 @@ class Nuwa(nn.Module):
             raise ValueError(f"code grid {grid} does not fit the model's (≤{self.config.frames}, "
                              f"{self.config.grid_height}, {self.config.grid_width})")
 
-    def forward(self, text: torch.Tensor, codes: torch.Tensor):
-        """text [B, L], codes [B, S, H, W] → (logits [B, N, V], mean cross-entropy over all codes)."""
-        logits = self.decode(codes, *self.encode_text(text))
+    def encode(self, text: torch.Tensor, sketch: torch.Tensor | None = None):
+        """The condition: the sketch's when given (S2I, S2V), else the text's."""
+        return self.encode_text(text) if sketch is None else self.encode_sketch(sketch)
+
+    def forward(self, text: torch.Tensor, codes: torch.Tensor, sketch: torch.Tensor | None = None):
+        """text [B, L], codes [B, S, H, W], sketch codes [B, S, H, W] or None → (logits [B, N, V], mean
+        cross-entropy over all codes)."""
+        logits = self.decode(codes, *self.encode(text, sketch))
         loss = F.cross_entropy(logits.float().flatten(0, 1), codes.reshape(-1).long())
         return logits, loss

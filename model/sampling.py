@@ -63,7 +63,8 @@ def _windows(q_grid, kv_grid, extent, causal, device, wrap=NO_WRAP):
 class DecoderCache:
     """Per decoder layer: <bos> key/value, grid keys/values filled as tokens arrive, condition keys/values."""
 
-    def __init__(self, model: Nuwa, condition: torch.Tensor, condition_keys: torch.Tensor, grid: tuple[int, int, int]):
+    def __init__(self, model: Nuwa, condition: torch.Tensor, condition_keys: torch.Tensor | None,
+                 grid: tuple[int, int, int]):
         B, n = condition.shape[0], grid[0] * grid[1] * grid[2]
         d, heads = model.config.width, model.config.heads
         device, dtype = condition.device, condition.dtype
@@ -74,10 +75,11 @@ class DecoderCache:
         for block in model.decoder:
             k, v = block.cross_attn.key_value(condition).chunk(2, dim=-1)
             self.condition_kv.append((block.cross_attn.split_heads(k), block.cross_attn.split_heads(v)))
-        condition_grid = (1, 1, condition.shape[1])
+        condition_grid, condition_extent = model.condition_window(grid, condition_keys, condition.shape[1])
         self.self_window = _windows(grid, grid, model.extent_for(grid), True, device, model.wrap())
-        cross_index, cross_mask = _windows(grid, condition_grid, model.config.text_extent, False, device)
-        self.cross_index, self.cross_visible = cross_index, cross_mask & condition_keys[:, cross_index]  # (B, n, W)
+        cross_index, cross_mask = _windows(grid, condition_grid, condition_extent, False, device)
+        keys = torch.ones_like(condition[..., 0], dtype=torch.bool) if condition_keys is None else condition_keys
+        self.cross_index, self.cross_visible = cross_index, cross_mask & keys[:, cross_index]  # (B, n, W)
         self.angles = model.rotary_angles(grid)  # (n, hd/2) or None
 
 
@@ -123,8 +125,10 @@ def decode_step(model: Nuwa, cache: DecoderCache, x: torch.Tensor, t: int) -> to
 def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, reference: torch.Tensor | None = None,
              keep: torch.Tensor | None = None, sampling: SamplingConfig = SamplingConfig(),
              generator: torch.Generator | None = None, use_cache: bool = True,
-             unconditional: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+             unconditional: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+             sketch: torch.Tensor | None = None) -> torch.Tensor:
     """text [B, 77] → codes [B, S, H, W]; `keep` [S, H, W] (or [B, S, H, W]) copies `reference` there.
+    With `sketch` [B, S, H, W] (sketch codes, S2I/S2V) the condition is the sketch instead of the text.
 
     With sampling.guidance ≠ 1, `unconditional` [B, 77] (or [1, 77]) is the text of the unconditional
     model; both halves run as one batch of 2B and share every sampled token.
@@ -136,6 +140,8 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
     model.check_grid(grid)
     B, n = text.shape[0], grid[0] * grid[1] * grid[2]
     guided = sampling.guidance != 1.0
+    if guided and sketch is not None:
+        raise ValueError("classifier-free guidance steers towards a caption; a sketch condition has none")
     if guided:
         if unconditional is None:
             raise ValueError("sampling.guidance needs the unconditional text (generate(unconditional=...))")
@@ -149,7 +155,7 @@ def generate(model: Nuwa, text: torch.Tensor, grid: tuple[int, int, int], *, ref
                  else reference.to(text.device).expand(B, *grid).reshape(B, n).long())
     copies = len(text) // B  # 2 under guidance: both halves read the same tokens
     codes = torch.zeros(copies * B, n, dtype=torch.long, device=text.device)
-    condition, condition_keys = model.encode_text(text)
+    condition, condition_keys = model.encode(text, None if sketch is None else sketch.to(text.device))
     positions = model.position_embedding(grid)
     cache = DecoderCache(model, condition, condition_keys, grid) if use_cache else None
     for t in range(n):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from model.config import NuwaConfig
 from model.storage import atomic_write
 from pretrain.config import TASKS
 from pretrain.distributed import agree
@@ -208,9 +209,12 @@ def read_marker(tag_dir: Path) -> dict:
 
 
 def check_same_model(saved: dict, current: dict, tag_dir: Path) -> None:
-    """Refuse a checkpoint of another model shape before anything is loaded or overwritten."""
-    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {v!r} now" for k, v in current.items()
-             if k not in ("activation_checkpointing", "attention_backend", "compile", "dropout") and saved.get(k) != v]
+    """Refuse a checkpoint of another model shape before anything is loaded or overwritten. A field newer than
+    the checkpoint counts as its default."""
+    defaults = NuwaConfig().to_dict()
+    diffs = [f"{k}: {saved.get(k, defaults.get(k))!r} in the checkpoint, {v!r} now" for k, v in current.items()
+             if k not in ("activation_checkpointing", "attention_backend", "compile", "dropout")
+             and saved.get(k, defaults.get(k)) != v]
     if diffs:
         raise ValueError(f"checkpoint {tag_dir} was trained with another model config: " + "; ".join(diffs))
 

@@ -16,7 +16,7 @@ def model(request):
     rotary, spatial_wrap = request.param
     config = NuwaConfig.from_preset("tiny", text_vocab_size=64, codebook_size=32, frames=3, grid_height=4,
                                     grid_width=5, width=32, heads=2, encoder_layers=1, decoder_layers=2,
-                                    rotary=rotary, spatial_wrap=spatial_wrap)
+                                    rotary=rotary, spatial_wrap=spatial_wrap, sketch_codebook_size=16)
     return Nuwa(config).eval()
 
 
@@ -30,6 +30,20 @@ def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model, grid, samp
             for c in (True, False)]
     assert torch.equal(runs[0], runs[1])
     assert runs[0].shape == (3, *grid) and int(runs[0].max()) < 32
+
+
+@pytest.mark.parametrize("grid", [(1, 4, 5), (3, 4, 5)], ids=["s2i", "s2v"])
+def test_cached_decoding_from_a_sketch_gives_the_tokens_of_uncached_decoding(model, grid):
+    """S2I and S2V: the condition is a sketch on the code grid, read through the image or video window."""
+    sketch = torch.randint(0, 16, (2, *grid), generator=torch.Generator().manual_seed(2))
+    text = torch.zeros(2, 77, dtype=torch.long)  # unused under a sketch
+    runs = [generate(model, text, grid, sketch=sketch, sampling=SamplingConfig(top_k=8), use_cache=c,
+                     generator=torch.Generator().manual_seed(4)) for c in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+    other = generate(model, text, grid, sketch=sketch.roll(1, 0), sampling=SamplingConfig(temperature=0))
+    assert not torch.equal(other, generate(model, text, grid, sketch=sketch, sampling=SamplingConfig(temperature=0)))
+    with pytest.raises(ValueError, match="a sketch condition has none"):
+        generate(model, text, grid, sketch=sketch, sampling=SamplingConfig(guidance=2.0), unconditional=text[:1])
 
 
 def test_classifier_free_guidance(model):
