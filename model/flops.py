@@ -23,30 +23,33 @@ def window_pairs(q_grid: tuple, kv_grid: tuple, extent: tuple, causal: bool, wra
     return int(nearby_mask(q_grid, kv_grid, extent, causal, wrap).sum())
 
 
-def forward_flops(config: NuwaConfig, grid: tuple[int, int, int], dense_attention: bool = False) -> int:
+def forward_flops(config: NuwaConfig, grid: tuple[int, int, int], dense_attention: bool = False,
+                  sketch: bool = False) -> int:
     """FLOPs of one sample's forward pass (text encoder + decoder over `grid` + head).
 
-    `dense_attention` counts every query-key pair, as the dense reference backend computes them.
+    `dense_attention` counts every query-key pair, as the dense reference backend computes them. `sketch`
+    (S2I, S2V): the encoder reads a sketch on `grid` through its window instead of the text.
     """
-    d, mlp, T, N = config.width, config.mlp_ratio * config.width, config.text_length, math.prod(grid)
-    text = (1, 1, T)
+    d, mlp, N = config.width, config.mlp_ratio * config.width, math.prod(grid)
     extent = config.image_extent if grid[0] == 1 else config.video_extent
     wrap = (False, True, True) if config.spatial_wrap else NO_WRAP
+    condition, condition_extent = (grid, extent) if sketch else ((1, 1, config.text_length), config.text_extent)
+    T = math.prod(condition)
     if dense_attention:
-        text_pairs, self_pairs = T * T, N * (N + 1)
+        text_pairs, self_pairs, cross_pairs = T * T, N * (N + 1), N * T
     else:
-        text_pairs = window_pairs(text, text, config.text_extent, False)
+        text_pairs = window_pairs(condition, condition, condition_extent, False)
         self_pairs = window_pairs(grid, grid, extent, True, wrap) + N  # + the <bos> key every query sees
-    cross_pairs = N * T  # the caption's keys are all visible (config.text_extent covers it)
+        cross_pairs = window_pairs(grid, condition, condition_extent, False)
     encoder = 2 * T * d * (4 * d + 2 * mlp) + 4 * d * text_pairs
     decoder = 2 * N * d * (6 * d + 2 * mlp) + 2 * T * d * 2 * d + 4 * d * (self_pairs + cross_pairs)
     head = 2 * N * d * config.codebook_size
     return config.encoder_layers * encoder + config.decoder_layers * decoder + head
 
 
-def training_flops(config: NuwaConfig, grid: tuple[int, int, int]) -> int:
+def training_flops(config: NuwaConfig, grid: tuple[int, int, int], sketch: bool = False) -> int:
     """FLOPs of one sample's forward and backward pass (3× the forward), window pairs only."""
-    return 3 * forward_flops(config, grid)
+    return 3 * forward_flops(config, grid, sketch=sketch)
 
 
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,

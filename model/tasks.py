@@ -1,5 +1,7 @@
 """The generation tasks of NÜWA as a code grid plus a keep mask (see model/sampling.py).
 
+S2I and S2V generate everything from a sketch (a label map's codes) instead of a caption.
+
 T2I and T2V generate everything; V2V and TV2V keep the first frames of a given video (V2V under
 the "None" text, TV2V under new text); I2I keeps the top rows of an image; TI2I keeps everything
 outside a rectangle and regenerates inside it under new text. Pixel arguments are converted to
@@ -11,10 +13,11 @@ import math
 
 import torch
 
-TASKS = ("t2i", "t2v", "v2v", "i2i", "ti2i", "tv2v")
+TASKS = ("t2i", "t2v", "v2v", "i2i", "ti2i", "tv2v", "s2i", "s2v")
 TEXT_TASKS = ("t2i", "t2v", "ti2i", "tv2v")
-VIDEO_TASKS = ("t2v", "v2v", "tv2v")
+VIDEO_TASKS = ("t2v", "v2v", "tv2v", "s2v")
 INPUT_TASKS = ("v2v", "i2i", "ti2i", "tv2v")
+SKETCH_TASKS = ("s2i", "s2v")  # conditioned on a label map's sketch codes (a VQ-GAN-Seg's)
 
 
 def keep_first_frames(grid: tuple[int, int, int], frames: int) -> torch.Tensor:

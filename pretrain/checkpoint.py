@@ -239,7 +239,9 @@ def load(engine, tag_dir: Path, model_config: dict, load_optimizer: bool = True)
         raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed found no model states to load")
     if load_optimizer and is_universal(tag_dir) and zero3:
         repair_zero3_universal_load(engine, tag_dir)
-    return TrainState(**client["trainer_state"])
+    state = TrainState(**client["trainer_state"])
+    state.consumed = {**{t: 0 for t in TASKS}, **state.consumed}  # tasks newer than the checkpoint start at 0
+    return state
 
 
 def repair_zero3_universal_load(engine, tag_dir: Path) -> None:

@@ -55,8 +55,13 @@ def fail(prog: str, message: str):
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     if dist.is_available() and dist.is_initialized():
         sys.stdout.flush()
-        os._exit(1)
+        exit_now(1)
     sys.exit(1)
+
+
+def exit_now(code: int) -> None:
+    """End the process at once, skipping interpreter teardown (tests that run trainers in-process replace it)."""
+    os._exit(code)
 
 
 @contextmanager

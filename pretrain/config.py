@@ -14,8 +14,10 @@ from model import typed_config
 from model.config import PRESETS, NuwaConfig
 from pretrain.optim import OptimConfig
 
-TASKS = ("t2i", "v2v", "t2v")
-TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video"}
+TASKS = ("t2i", "v2v", "t2v", "s2i", "s2v")
+TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video", "s2i": "image", "s2v": "video"}
+SKETCH_TASKS = ("s2i", "s2v")
+"""Tasks conditioned on sketch codes (the shards' sketch.npy) instead of text (the paper's S2I, S2V)."""
 
 
 @dataclass
@@ -28,17 +30,17 @@ class Stage:
 @dataclass
 class DataConfig:
     image_shards: str = ""
-    """Folder of image code shards (T2I); empty when no task uses images."""
+    """Folder of image code shards (T2I; S2I: shards with sketch codes); empty when no task uses images."""
     video_shards: str = ""
-    """Folder of video code shards (V2V, T2V)."""
+    """Folder of video code shards (V2V, T2V; S2V: shards with sketch codes)."""
     val_image_shards: str = ""
-    """Held-out image shards (T2I validation); empty: none."""
+    """Held-out image shards (T2I, S2I validation); empty: none."""
     val_video_shards: str = ""
-    """Held-out video shards (T2V and V2V validation); empty: none."""
+    """Held-out video shards (T2V, V2V, S2V validation); empty: none."""
     tokenizer: str = ""
     """The sentencepiece model the shards were made with (its fingerprint is checked; V2V encodes "None")."""
-    micro_batch: dict[str, int] = field(default_factory=lambda: {"t2i": 8, "v2v": 2, "t2v": 2})
-    """Samples per rank per micro-step, for each task."""
+    micro_batch: dict[str, int] = field(default_factory=lambda: {"t2i": 8, "v2v": 2, "t2v": 2, "s2i": 8, "s2v": 2})
+    """Samples per rank per micro-step, for each task (each task with a weight needs one)."""
     schedule: list[Stage] = field(default_factory=lambda: [Stage()])
     """Task mixing weights by step; the paper trains T2I + V2V first and adds T2V later."""
     num_workers: int = 2
@@ -141,9 +143,13 @@ class PretrainConfig:
             unknown = set(stage.weights) - set(TASKS)
             if unknown:
                 raise ValueError(f"data.schedule: unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
-        missing = set(TASKS) - set(self.data.micro_batch)
+        missing = used - set(self.data.micro_batch)
         if missing:
             raise ValueError(f"data.micro_batch has no size for {sorted(missing)}")
+        sketched = sorted(used & set(SKETCH_TASKS))
+        if sketched and not self.model.sketch_codebook_size:
+            raise ValueError(f"tasks {sketched} read sketch codes: set model.sketch_codebook_size to the VQ-GAN-Seg's "
+                             f"codebook size (the shard manifest's sketch.codebook_size)")
         for task, frames in self.data.frames.items():
             if TASK_MODALITY.get(task) != "video" or not 1 <= frames <= self.model.frames:
                 videos = [t for t in TASKS if TASK_MODALITY[t] == "video"]

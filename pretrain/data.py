@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
-from pretrain.config import TASK_MODALITY, TASKS, DataConfig, PretrainConfig
+from pretrain.config import SKETCH_TASKS, TASK_MODALITY, TASKS, DataConfig, PretrainConfig
 
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 
@@ -49,13 +49,15 @@ class StreamState:
 
 
 class TaskDataset(Dataset):
-    """One task's view of a shard folder: which samples it may use, and what text they carry."""
+    """One task's view of a shard folder: which samples it may use, and what condition they carry."""
 
     def __init__(self, shards: ShardDataset, task: str, none_text: np.ndarray, frames: int | None = None):
         self.shards, self.task, self.frames = shards, task, frames
         lengths = shards.text_lengths()
-        # T2I/T2V need a caption; V2V uses every video with the constant "None" condition.
-        self.indices = np.arange(len(lengths)) if task == "v2v" else np.flatnonzero(lengths > 0)
+        # T2I/T2V need a caption; V2V uses every video with the constant "None" condition; S2I/S2V every
+        # sample's sketch (their text is "None" and unused).
+        uncaptioned = task == "v2v" or task in SKETCH_TASKS
+        self.indices = np.arange(len(lengths)) if uncaptioned else np.flatnonzero(lengths > 0)
         self.none_text = torch.from_numpy(none_text.astype(np.int64))
 
     def __len__(self) -> int:
@@ -63,9 +65,13 @@ class TaskDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         sample = self.shards[int(self.indices[i])]
-        text = self.none_text if self.task == "v2v" else torch.from_numpy(sample["text"].astype(np.int64))
-        codes = sample["codes"][:self.frames] if self.frames else sample["codes"]  # data.frames: the first N frames
-        return {"codes": torch.from_numpy(codes.astype(np.int64)), "text": text}
+        captioned = self.task not in ("v2v", *SKETCH_TASKS)
+        text = torch.from_numpy(sample["text"].astype(np.int64)) if captioned else self.none_text
+        first = slice(self.frames)  # data.frames: the first N frames (None: all)
+        item = {"codes": torch.from_numpy(sample["codes"][first].astype(np.int64)), "text": text}
+        if self.task in SKETCH_TASKS:
+            item["sketch"] = torch.from_numpy(sample["sketch"][first].astype(np.int64))
+        return item
 
 
 def caption_dropped(seed: int, task: str, positions: range, rate: float) -> torch.Tensor:
@@ -134,18 +140,22 @@ class MultiTaskData:
         micro_batch = self.config.micro_batch[task]
         first = self.state.consumed[task] + self.rank * micro_batch  # this rank's first global position
         self.state.consumed[task] += self.world_size * micro_batch
-        if task != "v2v" and self.config.caption_dropout > 0:
+        if task in ("t2i", "t2v") and self.config.caption_dropout > 0:
             drop = caption_dropped(self.seed, task, range(first, first + micro_batch), self.config.caption_dropout)
             batch["text"][drop] = self._none_text[task]
         if TASK_MODALITY[task] == "video" and self.config.roll_videos:
             codes = batch["codes"]  # [B, S, H, W]
             shifts = roll_shifts(self.seed, task, range(first, first + micro_batch), codes.shape[-2:])
-            batch["codes"] = torch.stack([torch.roll(c, s, dims=(-2, -1)) for c, s in zip(codes, shifts)])
+            for key in ("codes", "sketch"):  # a sketch lies on the code grid: it rolls with the clip
+                if key in batch:
+                    batch[key] = torch.stack([torch.roll(c, s, dims=(-2, -1)) for c, s in zip(batch[key], shifts)])
         return batch
 
 
-def open_checked(folder: str, modality: str, model_config, tokenizer_fingerprint: str) -> ShardDataset:
-    """A shard folder whose grid, codebook and tokenizer are the model's, holding samples."""
+def open_checked(folder: str, modality: str, model_config, tokenizer_fingerprint: str,
+                 sketches: bool = False) -> ShardDataset:
+    """A shard folder whose grid, codebook and tokenizer are the model's, holding samples; with `sketches`
+    (a sketch task uses it) also sketch codes on the same grid from a VQ-GAN-Seg of the model's codebook."""
     shards = ShardDataset(folder)
     grid = model_config.image_grid if modality == "image" else model_config.video_grid
     shards.check_compatible({"grid": grid, "codebook_size": model_config.codebook_size,
@@ -153,6 +163,14 @@ def open_checked(folder: str, modality: str, model_config, tokenizer_fingerprint
                              "tokenizer_fingerprint": tokenizer_fingerprint})
     if len(shards) == 0:
         raise ValueError(f"{folder} holds no samples")
+    if sketches:
+        sketch = shards.manifest.get("sketch")
+        if not sketch:
+            raise ValueError(f"{folder} holds no sketch codes (S2I/S2V): tokenize it with --vqgan-seg")
+        if list(sketch["grid"]) != list(grid) or sketch["codebook_size"] != model_config.sketch_codebook_size:
+            raise ValueError(f"{folder}: sketch codes on grid {sketch['grid']} from a {sketch['codebook_size']}-code "
+                             f"VQ-GAN-Seg; the model needs grid {list(grid)} and model.sketch_codebook_size "
+                             f"{model_config.sketch_codebook_size}")
     return shards
 
 
@@ -165,7 +183,8 @@ def open_shards(config: DataConfig, model_config, tokenizer_fingerprint: str, ta
         if not folders[modality]:
             raise ValueError(f"data.{modality}_shards is empty but tasks {sorted(t for t in tasks if TASK_MODALITY[t] == modality)} "
                              f"have weight > 0")
-        opened[modality] = open_checked(folders[modality], modality, model_config, tokenizer_fingerprint)
+        sketches = any(TASK_MODALITY[t] == modality for t in tasks & set(SKETCH_TASKS))
+        opened[modality] = open_checked(folders[modality], modality, model_config, tokenizer_fingerprint, sketches)
     if len(opened) == 2 and opened["image"].manifest["vqgan_fingerprint"] != opened["video"].manifest["vqgan_fingerprint"]:
         raise ValueError(f"{config.image_shards} and {config.video_shards} were coded by different VQ-GANs "
                          f"({opened['image'].manifest['vqgan_fingerprint']} vs {opened['video'].manifest['vqgan_fingerprint']})")

@@ -28,7 +28,7 @@ from model.vqgan import VQGAN
 from preprocess.readers import model_to_uint8
 from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
-from pretrain.config import PretrainConfig
+from pretrain.config import SKETCH_TASKS, TASK_MODALITY, PretrainConfig
 from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
 from pretrain.distributed import agree, init_distributed
 from pretrain.ema import EMA
@@ -93,22 +93,23 @@ class SampleLogger:
         for modality, shard in shards.items():
             if shard.manifest["vqgan_fingerprint"] != self.vqgan.fingerprint():
                 raise ValueError(f"trainer.vqgan {vqgan_path} is not the VQ-GAN that coded {shard.folder}")
-        self.requests = []  # (name, text [1, L], grid, reference codes or None, keep mask or None)
+        self.requests = []  # (name, text [1, L], grid, reference codes or None, keep mask or None, sketch or None)
         for task, dataset in sorted(datasets.items()):
             sample = dataset[0]
-            grid = model_config.image_grid if task == "t2i" else model_config.video_grid
+            grid = model_config.image_grid if TASK_MODALITY[task] == "image" else model_config.video_grid
             keep = keep_first_frames(grid, 1) if task == "v2v" else None
             reference = sample["codes"][None] if task == "v2v" else None
-            self.requests.append((task, sample["text"][None].to(device), grid, reference, keep))
+            sketch = sample["sketch"][None].to(device) if "sketch" in sample else None
+            self.requests.append((task, sample["text"][None].to(device), grid, reference, keep, sketch))
 
     @torch.no_grad()
     def generate(self, model: Nuwa) -> dict[str, torch.Tensor]:
         """name → uint8 images [N, 3, H, W] (a video's frames as N)."""
         model.eval()
         images = {}
-        for task, text, grid, reference, keep in self.requests:
+        for task, text, grid, reference, keep, sketch in self.requests:
             codes = generate(model, text, grid, reference=reference, keep=keep, sampling=SamplingConfig(top_k=32),
-                             generator=torch.Generator(device=text.device).manual_seed(0))
+                             generator=torch.Generator(device=text.device).manual_seed(0), sketch=sketch)
             pixels = self.vqgan.decode_video(codes)[0]  # (T, 3, H, W) in [-1, 1]
             images[f"samples/{task}"] = model_to_uint8(pixels).cpu()
         model.train()
@@ -125,7 +126,7 @@ class Trainer:
         shards, self.datasets = agree(lambda: open_datasets(cfg), MISTAKES)
         self.tasks = set(self.datasets)
         self.tokens_per_sample = {t: tokens_per_sample(cfg, t) for t in self.tasks}
-        self.flops_per_sample = {t: training_flops(cfg.model, task_grid(cfg, t)) for t in self.tasks}
+        self.flops_per_sample = {t: training_flops(cfg.model, task_grid(cfg, t), t in SKETCH_TASKS) for t in self.tasks}
         resume_dir = checkpoint.choose(resume, trainer.output_dir, self.say)
         if resume_dir is not None:  # refuse a foreign checkpoint before building anything
             agree(lambda: checkpoint.check_same_model(checkpoint.read_marker(resume_dir)["config"]["model"],
@@ -198,8 +199,9 @@ class Trainer:
         self.data_wait += time.perf_counter() - started
         self.state.micro_step += 1
         text, codes = batch["text"].to(self.device), batch["codes"].to(self.device)
+        sketch = batch["sketch"].to(self.device) if "sketch" in batch else None  # S2I, S2V
         self.state.tokens_seen += codes.numel() * self.world_size
-        return self.engine(text, codes)[1]
+        return self.engine(text, codes, sketch)[1]
 
     def train_step(self) -> dict:
         """One optimizer step: grad_accum micro-steps, each of the task the sequence draws, then the update.

@@ -18,8 +18,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from preprocess.text import CaptionTokenizer
-from pretrain.config import TASK_MODALITY, PretrainConfig
+from pretrain.config import SKETCH_TASKS, TASK_MODALITY, TASKS, PretrainConfig
 from pretrain.data import TaskDataset, open_checked
+
+
+def model_tasks(config: PretrainConfig) -> set[str]:
+    """Every task the model can be evaluated on: the text tasks, and S2I/S2V when it has a sketch encoder."""
+    return {t for t in TASKS if t not in SKETCH_TASKS or config.model.sketch_codebook_size}
 
 
 def validation_sets(config: PretrainConfig, tasks: set[str], tokenizer: CaptionTokenizer) -> dict[str, TaskDataset]:
@@ -32,14 +37,14 @@ def validation_sets(config: PretrainConfig, tasks: set[str], tokenizer: CaptionT
         folder = folders[TASK_MODALITY[task]]
         if not folder:
             continue
-        shards = open_checked(folder, TASK_MODALITY[task], config.model, tokenizer.fingerprint())
+        shards = open_checked(folder, TASK_MODALITY[task], config.model, tokenizer.fingerprint(), task in SKETCH_TASKS)
         sets[task] = TaskDataset(shards, task, none_text, config.data.frames.get(task))
     return sets
 
 
 def _batch(dataset: TaskDataset, indices: range) -> dict[str, torch.Tensor]:
     samples = [dataset[i] for i in indices]
-    return {key: torch.stack([s[key] for s in samples]) for key in ("text", "codes")}
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
 @torch.no_grad()
@@ -59,7 +64,8 @@ def evaluate(model: torch.nn.Module, sets: dict[str, TaskDataset], micro_batch: 
             start = mine[min(turn, len(mine) - 1)] if mine else starts[0]
             batch = _batch(dataset, range(start, min(start + size, total)))
             codes = batch["codes"].to(device)  # [B, S, H, W]
-            logits, _ = model(batch["text"].to(device), codes)
+            sketch = batch["sketch"].to(device) if "sketch" in batch else None
+            logits, _ = model(batch["text"].to(device), codes, sketch)
             nll = F.cross_entropy(logits.float().flatten(0, 1), codes.reshape(-1), reduction="none")
             nll = nll.view(codes.shape[0], codes.shape[1], -1).double()  # [B, S, H·W]
             if turn < len(mine):  # a repeated batch only keeps the collective forward passes in step

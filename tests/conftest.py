@@ -1,24 +1,26 @@
 """Shared fixtures: a tiny tokenizer and code shards in the real shard format, for trainer tests."""
+import sys
+
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from model.vqgan import VQGAN, VQGANConfig
 from preprocess.shards import ShardWriter, make_manifest, shard_name
+from preprocess.text import CaptionTokenizer
 from preprocess.train_tokenizer import train_tokenizer
 
 
 @pytest.fixture(autouse=True)
-def no_process_group_outlives_its_test():
-    """A trainer run in-process that stops with an error keeps its one-process group (the command line exits
-    instead); a later test's command-line error would then take the os._exit path of a multi-rank job."""
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def command_line_errors_raise(monkeypatch):
+    """Trainers run in-process leave their one-process group for the next test (DeepSpeed keeps references to
+    it); a command-line error in a later test would then end the process as a rank of a job does (os._exit),
+    taking pytest with it. Here it raises SystemExit, as without a group."""
+    monkeypatch.setattr("pretrain.cli.exit_now", sys.exit)
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 CODEBOOK, GRID, FRAMES = 32, 4, 2
+SKETCH_CODEBOOK = 8
 
 
 def _patterned_codes(colour: int, frames: int, rng) -> np.ndarray:
@@ -29,15 +31,18 @@ def _patterned_codes(colour: int, frames: int, rng) -> np.ndarray:
     return np.where(noise, rng.integers(0, CODEBOOK, codes.shape), codes).astype(np.uint16)
 
 
-def _write_dataset(folder, tokenizer, vqgan_fingerprint, modality, n, seed, missing_every=0):
+def _write_dataset(folder, tokenizer, vqgan_fingerprint, modality, n, seed, missing_every=0, sketches=False):
+    """Shards in the real format; with `sketches`, format /3 with sketch codes that give away the colour."""
     rng = np.random.default_rng(seed)
     frames = 1 if modality == "image" else FRAMES
-    codes, texts, lengths, keys = [], [], [], []
+    codes, texts, lengths, keys, sketch = [], [], [], [], []
     for i in range(n):
         colour = int(rng.integers(len(COLOURS)))
         caption = None if missing_every and i % missing_every == 0 else f"a {COLOURS[colour]} square"
         ids, length = tokenizer.encode(caption)
         codes.append(_patterned_codes(colour, frames, rng))
+        rows = np.arange(GRID)[None, :, None] * np.ones((frames, GRID, GRID), np.int64)
+        sketch.append(((colour + rows) % SKETCH_CODEBOOK).astype(np.uint16))
         texts.append(ids)
         lengths.append(length)
         keys.append(f"{modality}{i:04d}")
@@ -47,13 +52,16 @@ def _write_dataset(folder, tokenizer, vqgan_fingerprint, modality, n, seed, miss
     for part, rows in enumerate((slice(0, half), slice(half, n))):
         name = shard_name(0, part)
         writer.write_shard(name, np.stack(codes[rows]), np.stack(texts[rows]), np.array(lengths[rows], np.int32),
-                           keys[rows])
+                           keys[rows], np.stack(sketch[rows]) if sketches else None)
         shards.append({"name": name, "num_samples": len(keys[rows])})
     record = {"unit": 0, "source": "fixture", "rows": None, "num_inputs": n, "num_inputs_used": n,
               "shards": shards, "skipped": [], "captions": {}}
     header = {"modality": modality, "grid": [frames, GRID, GRID], "text_length": 77, "codebook_size": CODEBOOK,
               "vqgan_fingerprint": vqgan_fingerprint, "tokenizer_fingerprint": tokenizer.fingerprint(),
               "tokenizer_vocab_size": tokenizer.vocab_size}
+    if sketches:
+        header["sketch"] = {"vqgan_fingerprint": "fixture-seg", "num_classes": 4, "codebook_size": SKETCH_CODEBOOK,
+                            "resolution": GRID * 8, "grid": [frames, GRID, GRID]}
     writer.write_manifest(make_manifest(header, [record]))
     return folder
 
@@ -76,6 +84,17 @@ def code_shards(tmp_path_factory):
     return {"image": str(_write_dataset(root / "image", tokenizer, fingerprint, "image", 48, seed=1)),
             "video": str(_write_dataset(root / "video", tokenizer, fingerprint, "video", 24, seed=2, missing_every=4)),
             "tokenizer": str(root / "tok.model"), "vocab_size": tokenizer.vocab_size, "vqgan": str(root / "vqgan")}
+
+
+@pytest.fixture(scope="session")
+def sketch_shards(code_shards, tmp_path_factory):
+    """code_shards' tokenizer and VQ-GAN, with image and video shards that also hold sketch codes (format /3)."""
+    root = tmp_path_factory.mktemp("sketch_shards")
+    tokenizer = CaptionTokenizer(code_shards["tokenizer"])
+    fingerprint = VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()
+    return {**code_shards,
+            "image": str(_write_dataset(root / "image", tokenizer, fingerprint, "image", 32, seed=3, sketches=True)),
+            "video": str(_write_dataset(root / "video", tokenizer, fingerprint, "video", 16, seed=4, sketches=True))}
 
 
 def tiny_model_overrides(vocab_size: int) -> dict:

@@ -13,19 +13,21 @@ MID = dict(width=256, heads=4, encoder_layers=2, decoder_layers=3, frames=4, gri
            codebook_size=512)
 
 
-@pytest.mark.parametrize("overrides, grid", [({}, (4, 8, 8)), ({}, (1, 8, 8)), (MID, (4, 8, 8))],
-                         ids=["tiny-video", "tiny-image", "mid-video"])
-def test_count_matches_flop_counter_within_5_percent(overrides, grid):
+@pytest.mark.parametrize("overrides, grid, sketch", [({}, (4, 8, 8), False), ({}, (1, 8, 8), False),
+                                                     (MID, (4, 8, 8), False), ({}, (4, 8, 8), True)],
+                         ids=["tiny-video", "tiny-image", "mid-video", "tiny-s2v"])
+def test_count_matches_flop_counter_within_5_percent(overrides, grid, sketch):
     """The dense reference computes every query-key pair; SDPA's math path makes its products visible
     to the counter (CPU's fused SDPA kernels are not counted)."""
-    config = NuwaConfig.from_preset("tiny", attention_backend="reference", **overrides)
+    config = NuwaConfig.from_preset("tiny", attention_backend="reference", sketch_codebook_size=64, **overrides)
     torch.manual_seed(0)
     model = Nuwa(config)
     text = torch.randint(1, config.text_vocab_size, (2, config.text_length))
     codes = torch.randint(0, config.codebook_size, (2, *grid))
+    condition = torch.randint(0, 64, (2, *grid)) if sketch else None
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(text, codes)[1].backward()
-    analytic = 2 * 3 * forward_flops(config, grid, dense_attention=True)
+        model(text, codes, condition)[1].backward()
+    analytic = 2 * 3 * forward_flops(config, grid, dense_attention=True, sketch=sketch)
     assert analytic == pytest.approx(counter.get_total_flops(), rel=0.05)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import tiny_model_overrides
 from model.config import NuwaConfig
@@ -133,3 +134,38 @@ def test_inputs_and_held_out_shards_as_conditions(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.main(argv(setup, tmp_path / "bad", "--task", "ti2i", "--prompts", root / "t2i.jsonl", "--region", "0,0,8,8"))
     assert "needs \"input\"" in capsys.readouterr().err
+
+
+def test_sketch_tasks_sample_from_label_maps_and_shards(sketch_shards, tmp_path, capsys):
+    """S2I from a PNG label map, S2V from a label stack, and S2V over held-out shards' own sketch codes."""
+    from conftest import SKETCH_CODEBOOK
+    from model.vqgan import VQGANConfig
+    from tools.make_demo_data import render_label_map
+
+    overrides = tiny_model_overrides(sketch_shards["vocab_size"])
+    overrides.pop("preset")
+    torch.manual_seed(0)
+    model = Nuwa(NuwaConfig.from_preset("tiny", sketch_codebook_size=SKETCH_CODEBOOK, **overrides))
+    info = {"tokenizer": sketch_shards["tokenizer"],
+            "tokenizer_fingerprint": CaptionTokenizer(sketch_shards["tokenizer"]).fingerprint(),
+            "vqgan_fingerprint": VQGAN.from_pretrained(sketch_shards["vqgan"]).fingerprint()}
+    save_pretrained(model, tmp_path / "model", info=info)
+    VQGAN(VQGANConfig.from_preset("tiny", resolution=32, num_classes=4, in_channels=4, out_channels=4,
+                                  codebook_size=SKETCH_CODEBOOK)).save_pretrained(tmp_path / "seg")
+    spec = random_spec(np.random.default_rng(0), speed=0.3125)
+    Image.fromarray(render_label_map(spec, 0.0, 32)).save(tmp_path / "map.png")
+    np.savez(tmp_path / "clip.npz", labels=np.stack([render_label_map(spec, t / 2.5, 32) for t in range(2)]), fps=2.5)
+    base = ["--model", str(tmp_path / "model"), "--vqgan", sketch_shards["vqgan"], "--vqgan-seg", str(tmp_path / "seg"),
+            "--num-candidates", "2"]
+    sample.main(base + ["--task", "s2i", "--sketch", str(tmp_path / "map.png"), "--output", str(tmp_path / "s2i")])
+    sample.main(base + ["--task", "s2v", "--sketch", str(tmp_path / "clip.npz"), "--output", str(tmp_path / "s2v")])
+    with Image.open(tmp_path / "s2i" / "s2i.png") as image, Image.open(tmp_path / "s2v" / "s2v-1.gif") as video:
+        assert image.size == (64, 32) and (video.size, video.n_frames) == ((32, 32), 2)
+    sample.main(base[:4] + ["--task", "s2v", "--shards", sketch_shards["video"], "--limit", "2", "--output",
+                            str(tmp_path / "set")])
+    index = [json.loads(line) for line in (tmp_path / "set" / "index.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in index] == ["000000-0.mp4", "000001-0.mp4"] and index[0]["sketch"].startswith("shards:")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        sample.main(base[:4] + ["--task", "s2i", "--sketch", str(tmp_path / "map.png"), "--output", str(tmp_path / "x")])
+    assert "needs --vqgan-seg" in capsys.readouterr().err

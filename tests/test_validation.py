@@ -51,8 +51,8 @@ from conftest import tiny_model_overrides
 from model.config import NuwaConfig
 from model.nuwa import Nuwa
 from preprocess.text import CaptionTokenizer
-from pretrain.config import TASKS, load_config
-from pretrain.validation import evaluate, validation_sets
+from pretrain.config import load_config
+from pretrain.validation import evaluate, model_tasks, validation_sets
 shards = json.loads(sys.argv[1])
 dist.init_process_group("gloo")
 config = load_config(None, ["--data.tokenizer", shards["tokenizer"], "--data.val_image_shards", shards["image"],
@@ -60,7 +60,7 @@ config = load_config(None, ["--data.tokenizer", shards["tokenizer"], "--data.val
                      data={"model": tiny_model_overrides(shards["vocab_size"])})
 torch.manual_seed(0)
 model = Nuwa(config.model)
-sets = validation_sets(config, set(TASKS), CaptionTokenizer(shards["tokenizer"]))
+sets = validation_sets(config, model_tasks(config), CaptionTokenizer(shards["tokenizer"]))
 result = evaluate(model, sets, {"t2i": 4, "v2v": 2, "t2v": 2}, 5, torch.device("cpu"), dist.get_rank(),
                   dist.get_world_size())
 if dist.get_rank() == 0:

@@ -30,8 +30,8 @@ from model.pretrained import load_pretrained
 from model.storage import atomic_write
 from model.vqgan import VQGAN
 from pretrain.cli import mistakes_end_in_one_line
-from pretrain.config import TASKS, load_config
-from pretrain.validation import evaluate, validation_sets
+from pretrain.config import load_config
+from pretrain.validation import evaluate, model_tasks, validation_sets
 from preprocess.text import CaptionTokenizer
 
 RESIZE = {"media": "short side to the resolution (PIL bicubic), centre crop; videos: first clip at 2.5 fps",
@@ -43,7 +43,7 @@ def held_out_loss(model_dir: str, config_path: str | None, overrides: list[str],
     model = load_pretrained(model_dir, device=device)
     config = load_config(config_path, overrides)
     config.model = model.config  # the model folder says what the model is; the config file gives the data
-    sets = validation_sets(config, set(TASKS), CaptionTokenizer(config.data.tokenizer))
+    sets = validation_sets(config, model_tasks(config), CaptionTokenizer(config.data.tokenizer))
     if not sets:
         raise ValueError("no held-out shards: set data.val_image_shards and/or data.val_video_shards")
     return evaluate(model, sets, config.data.micro_batch, config.trainer.eval_batches, torch.device(device))

@@ -7,6 +7,8 @@ One condition at a time:
     python tools/sample.py ... --task i2i --input photo.jpg --rows 32
     python tools/sample.py ... --task ti2i --input photo.jpg --region 16,16,48,48 --text "a blue square"
     python tools/sample.py ... --task tv2v --input clip.mp4 --from-frame 3 --text "a red circle moving up"
+    python tools/sample.py ... --task s2i --sketch map.seg.png --vqgan-seg VQGAN_SEG_DIR
+    python tools/sample.py ... --task s2v --sketch clip.seg.npz --vqgan-seg VQGAN_SEG_DIR
 
 MODEL_DIR comes from `tools/convert_checkpoint.py to-safetensors`; its config.json names the
 tokenizer (override with --tokenizer) and the VQ-GAN fingerprint, which --vqgan must match.
@@ -18,8 +20,8 @@ Evaluation sets, many conditions at once (docs/evaluation.md):
     torchrun --nproc_per_node 8 tools/sample.py ... --task t2i --prompts captions.jsonl --num-samples 1 --output gen/
     python tools/sample.py ... --task v2v --shards shards/videos-heldout --given-frames 1 --output gen/
 
-Each line of --prompts is {"text": …} and/or {"input": path} (relative to the file); --shards takes the
-captions and codes of held-out shards. Rows (condition × sample) run in batches of --batch-size, batch b
+Each line of --prompts is {"text": …}, {"input": path} and/or {"sketch": path} (relative to the file);
+--shards takes the captions, codes and sketch codes of held-out shards. Rows (condition × sample) run in batches of --batch-size, batch b
 on rank b mod world; every row draws its own noise seeded by (seed, condition, sample), so any number
 of ranks writes the same files. Finished files are skipped on a rerun. Output: `{index:06d}-{sample}.png`
 or `.mp4`, `sampling.json` (the settings; a rerun with others is refused) and `index.jsonl` (written last:
@@ -45,9 +47,11 @@ from tqdm import tqdm
 from model.pretrained import load_pretrained, read_info
 from model.storage import atomic_write
 from model.sampling import SamplingConfig, generate
-from model.tasks import INPUT_TASKS, TASKS, TEXT_TASKS, VIDEO_TASKS, keep_first_frames, keep_outside_region, keep_top_rows
+from model.tasks import (INPUT_TASKS, SKETCH_TASKS, TASKS, TEXT_TASKS, VIDEO_TASKS, keep_first_frames,
+                         keep_outside_region, keep_top_rows)
 from model.vqgan import VQGAN
-from preprocess.readers import ClipSampling, load_image, model_to_uint8, uint8_to_model, video_clips
+from preprocess.readers import (ClipSampling, SkipInput, label_clip, label_map, load_image, model_to_uint8,
+                                uint8_to_model, video_clips)
 from preprocess.shards import ShardDataset
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
 from pretrain.data import open_checked
@@ -90,6 +94,25 @@ def read_input_codes(path: Path, task: str, vqgan: VQGAN, frames: int) -> torch.
         return vqgan.encode(load_image(data, resolution)[None])[:, None]
 
 
+def read_sketch_codes(path: Path, task: str, vqgan_seg: VQGAN | None, frames: int) -> torch.Tensor:
+    """A label map (S2I: PNG of class ids) or label stack (S2V: npz of `labels` and `fps`) as sketch codes
+    [1, S, h, w], coded by the VQ-GAN-Seg (a video's maps at the clip's 2.5-fps frame times)."""
+    if vqgan_seg is None:
+        raise ValueError(f"--task {task} needs --vqgan-seg, the VQ-GAN-Seg that codes the sketch")
+    if not path.is_file():
+        raise FileNotFoundError(f"sketch {path}: no such file")
+    config = vqgan_seg.config
+    try:
+        if task == "s2v":
+            labels = label_clip(path.read_bytes(), 0.0, ClipSampling(num_frames=frames), config.resolution,
+                                config.num_classes)
+        else:
+            labels = label_map(path.read_bytes(), config.resolution, config.num_classes)[None]
+    except SkipInput as error:
+        raise ValueError(f"sketch {path}: {error}") from None
+    return vqgan_seg.encode(torch.from_numpy(labels.astype(np.int64)))[None]  # [1, S, h, w]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="converted model folder")
@@ -98,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--text", help="the caption (T2I, T2V, TI2I, TV2V)")
     parser.add_argument("--input", type=Path, help="image (I2I, TI2I) or video (V2V, TV2V)")
+    parser.add_argument("--sketch", type=Path, help="S2I: label map (PNG of class ids); S2V: label stack (.npz)")
+    parser.add_argument("--vqgan-seg", type=Path, help="the VQ-GAN-Seg folder that codes sketches (S2I, S2V)")
     parser.add_argument("--prompts", type=Path, help="evaluation set: JSONL, one condition per line ({\"text\", \"input\"})")
     parser.add_argument("--shards", type=Path, help="evaluation set: held-out code shards (their captions and codes)")
     parser.add_argument("--limit", type=int, help="evaluation set: its first N conditions only")
@@ -132,6 +157,7 @@ class Parts:
     vqgan: VQGAN
     tokenizer: CaptionTokenizer
     info: dict
+    vqgan_seg: VQGAN | None = None
 
 
 def load_parts(args, device: str | torch.device) -> Parts:
@@ -149,7 +175,13 @@ def load_parts(args, device: str | torch.device) -> Parts:
         raise ValueError(f"tokenizer {tokenizer_path} is not the one the model was trained with")
     if args.guidance != 1.0 and args.task not in TEXT_TASKS:
         raise ValueError(f"--guidance steers towards --text; --task {args.task} has none")
-    return Parts(model, vqgan, tokenizer, info)
+    if args.task in SKETCH_TASKS and not model.config.sketch_codebook_size:
+        raise ValueError(f"--task {args.task}: {args.model} has no sketch encoder (model.sketch_codebook_size 0)")
+    vqgan_seg = VQGAN.from_pretrained(args.vqgan_seg).to(device).eval() if args.vqgan_seg else None
+    if vqgan_seg is not None and vqgan_seg.config.codebook_size != model.config.sketch_codebook_size:
+        raise ValueError(f"--vqgan-seg {args.vqgan_seg} has {vqgan_seg.config.codebook_size} codes; the model reads "
+                         f"sketches of {model.config.sketch_codebook_size}")
+    return Parts(model, vqgan, tokenizer, info, vqgan_seg)
 
 
 def task_keep(args, grid: tuple[int, int, int], downsample: int) -> torch.Tensor | None:
@@ -173,12 +205,17 @@ def sample(args) -> list[Path]:
     model, vqgan, task = parts.model, parts.vqgan, args.task
     grid = model.config.video_grid if task in VIDEO_TASKS else model.config.image_grid
     keep = task_keep(args, grid, vqgan.config.downsample)
-    reference = None
+    reference = sketch = None
     if task in INPUT_TASKS:
         reference = read_input_codes(args.input, task, vqgan, model.config.frames).to(args.device)
+    if task in SKETCH_TASKS:
+        if args.sketch is None:
+            raise ValueError(f"--task {task} needs --sketch")
+        sketch = read_sketch_codes(args.sketch, task, parts.vqgan_seg, grid[0]).to(args.device)
+        sketch = sketch.expand(args.num_candidates, -1, -1, -1)
     text = encode_text(parts.tokenizer, args.text, task).to(args.device).expand(args.num_candidates, -1)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    codes = generate(model, text, grid, reference=reference, keep=keep, generator=generator,
+    codes = generate(model, text, grid, reference=reference, keep=keep, generator=generator, sketch=sketch,
                      unconditional=none_text(parts.tokenizer).to(args.device), sampling=sampling_config(args))
     with torch.no_grad():
         pixels = to_uint8(vqgan.decode_video(codes))  # [N, T, H, W, 3]
@@ -200,10 +237,11 @@ def sample(args) -> list[Path]:
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
-    """One item of an evaluation set: its caption and/or its input (a file, or a held-out shard sample)."""
+    """One item of an evaluation set: its caption, input and/or sketch (files, or a held-out shard sample)."""
     text: str | None
     input: str | None
     shard_index: int | None = None
+    sketch: str | None = None
 
 
 def read_prompts(path: Path, task: str) -> list[Condition]:
@@ -219,18 +257,25 @@ def read_prompts(path: Path, task: str) -> list[Condition]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"--prompts {path} line {number}: not JSON ({e})") from None
-        if not isinstance(item, dict) or set(item) - {"text", "input"}:
-            raise ValueError(f"--prompts {path} line {number}: expected an object with \"text\" and/or \"input\"")
+        if not isinstance(item, dict) or set(item) - {"text", "input", "sketch"}:
+            raise ValueError(f"--prompts {path} line {number}: expected an object with \"text\", \"input\" "
+                             f"and/or \"sketch\"")
         if task in TEXT_TASKS and not item.get("text"):
             raise ValueError(f"--prompts {path} line {number}: --task {task} needs \"text\"")
         if task in INPUT_TASKS and not item.get("input"):
             raise ValueError(f"--prompts {path} line {number}: --task {task} needs \"input\"")
-        source = item.get("input")
-        if source and not Path(source).is_absolute():
-            source = str(path.parent / source)
-        if source and not Path(source).is_file():
-            raise FileNotFoundError(f"--prompts {path} line {number}: input {source}: no such file")
-        conditions.append(Condition(item.get("text") if task in TEXT_TASKS else None, source))
+        if task in SKETCH_TASKS and not item.get("sketch"):
+            raise ValueError(f"--prompts {path} line {number}: --task {task} needs \"sketch\"")
+        files = {}
+        for field in ("input", "sketch"):
+            file = item.get(field)
+            if file and not Path(file).is_absolute():
+                file = str(path.parent / file)
+            if file and not Path(file).is_file():
+                raise FileNotFoundError(f"--prompts {path} line {number}: {field} {file}: no such file")
+            files[field] = file
+        conditions.append(Condition(item.get("text") if task in TEXT_TASKS else None, files["input"],
+                                    sketch=files["sketch"] if task in SKETCH_TASKS else None))
     return conditions
 
 
@@ -242,7 +287,8 @@ def read_shard_conditions(shards: ShardDataset, task: str, tokenizer: CaptionTok
         if task in TEXT_TASKS and lengths[i] == 0:
             continue
         text = tokenizer.decode(shards[i]["text"], int(lengths[i])) if task in TEXT_TASKS else None
-        conditions.append(Condition(text, f"shards:{shards.key(i)}" if task in INPUT_TASKS else None, i))
+        conditions.append(Condition(text, f"shards:{shards.key(i)}" if task in INPUT_TASKS else None, i,
+                                    f"shards:{shards.key(i)}" if task in SKETCH_TASKS else None))
     return conditions
 
 
@@ -265,8 +311,8 @@ def check_settings(output: Path, settings: dict) -> None:
 
 def sample_set(args) -> list[Path]:
     """Sample an evaluation set (see the module docstring); returns [index.jsonl]."""
-    if args.text or args.input:
-        raise ValueError("--text/--input give one condition; an evaluation set takes its conditions from "
+    if args.text or args.input or args.sketch:
+        raise ValueError("--text/--input/--sketch give one condition; an evaluation set takes its conditions from "
                          "--prompts or --shards")
     if args.prompts and args.shards:
         raise ValueError("pass --prompts or --shards, not both")
@@ -281,7 +327,7 @@ def sample_set(args) -> list[Path]:
     shards = None
     if args.shards:
         modality = "video" if task in VIDEO_TASKS else "image"
-        shards = open_checked(str(args.shards), modality, model.config, tokenizer.fingerprint())
+        shards = open_checked(str(args.shards), modality, model.config, tokenizer.fingerprint(), task in SKETCH_TASKS)
         conditions = read_shard_conditions(shards, task, tokenizer)
     else:
         conditions = read_prompts(args.prompts, task)
@@ -313,7 +359,8 @@ def sample_set(args) -> list[Path]:
     agree(run_batches, (ValueError, FileNotFoundError))
     if rank == 0:
         index = [json.dumps({"path": name[(i, j)], "caption": conditions[i].text, "index": i, "sample": j, "task": task,
-                             "input": conditions[i].input}, ensure_ascii=False) for i, j in rows]
+                             "input": conditions[i].input, "sketch": conditions[i].sketch}, ensure_ascii=False)
+                 for i, j in rows]
         atomic_write(args.output / "index.jsonl", "\n".join(index) + "\n")
     seconds = time.perf_counter() - start
     if rank == 0:
@@ -326,23 +373,27 @@ def sample_set(args) -> list[Path]:
 def write_batch(args, parts: Parts, rows: list[tuple[Condition, int, int]], grid, keep, shards, device, paths):
     """Generate and write one batch of rows (condition, index, sample)."""
     model, vqgan, tokenizer, task = parts.model, parts.vqgan, parts.tokenizer, args.task
-    texts, references = [], []
+    texts, references, sketches = [], [], []
     for condition, _, _ in rows:
         if shards is not None:
             sample = shards[condition.shard_index]
             ids = sample["text"] if task in TEXT_TASKS else tokenizer.encode_none()[0]
             texts.append(torch.from_numpy(ids.astype(np.int64))[None])
             references.append(torch.from_numpy(sample["codes"][:grid[0]].astype(np.int64))[None])
+            if task in SKETCH_TASKS:
+                sketches.append(torch.from_numpy(sample["sketch"][:grid[0]].astype(np.int64))[None])
         else:
             texts.append(encode_text(tokenizer, condition.text, task))
             if task in INPUT_TASKS:
                 references.append(read_input_codes(Path(condition.input), task, vqgan, grid[0]))
+            if task in SKETCH_TASKS:
+                sketches.append(read_sketch_codes(Path(condition.sketch), task, parts.vqgan_seg, grid[0]))
     n = grid[0] * grid[1] * grid[2]
     noise = torch.stack([row_noise(args.seed, index, sample, n) for _, index, sample in rows])
     codes = generate(model, torch.cat(texts).to(device), grid,
                      reference=torch.cat(references).to(device) if task in INPUT_TASKS else None, keep=keep,
                      noise=noise.to(device), unconditional=none_text(tokenizer).to(device),
-                     sampling=sampling_config(args))
+                     sampling=sampling_config(args), sketch=torch.cat(sketches).to(device) if sketches else None)
     with torch.no_grad():
         pixels = to_uint8(vqgan.decode_video(codes))  # [B, T, H, W, 3]
     for frames, path in zip(pixels, paths):
