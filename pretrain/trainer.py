@@ -30,7 +30,7 @@ from preprocess.text import CaptionTokenizer
 from pretrain import checkpoint
 from pretrain.config import SKETCH_TASKS, TASK_MODALITY, PretrainConfig
 from pretrain.data import MultiTaskData, StreamState, TaskDataset, open_datasets, task_at, task_grid, tokens_per_sample
-from pretrain.distributed import agree, init_distributed
+from pretrain.distributed import agree, init_distributed, release_shared_memory
 from pretrain.ema import EMA
 from pretrain.finetune import freeze, load_initial_weights, model_differences
 from pretrain.errors import MISTAKES
@@ -122,6 +122,7 @@ class Trainer:
         cfg, trainer = config, config.trainer
         self.rank, self.world_size, self.device = init_distributed(timeout_s=trainer.timeout_s)
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        release_shared_memory(self.rank)
         # Every decision that could differ by rank is agreed (pretrain/distributed.py's `agree`).
         shards, self.datasets = agree(lambda: open_datasets(cfg), MISTAKES)
         self.tasks = set(self.datasets)

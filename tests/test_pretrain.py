@@ -64,7 +64,10 @@ def check(proc):
 
 def test_two_ranks_zero2_resume_continues_exactly(tmp_path, code_shards):
     config = write_config(tmp_path, code_shards, checkpoint_every=2, keep_last=3)
+    segments = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     check(launch(["--config", config], ranks=2))
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= segments  # DeepSpeed's CPU all-reduce
+    # maps a /dev/shm segment per rank and never unlinks it; the trainer does (pretrain/distributed.py)
     full = metrics(tmp_path / "run")
     assert sorted(full) == list(range(1, 9))
     assert np.mean([full[s]["loss"] for s in (7, 8)]) < np.mean([full[s]["loss"] for s in (1, 2)]) - 0.1
