@@ -301,9 +301,9 @@ def test_video_tasks_train_on_the_first_frames_when_asked(tmp_path, code_shards,
     module, seen = trainer.engine.module, []
     forward = module.forward
 
-    def recording(text, codes):
+    def recording(text, codes, sketch=None):
         seen.append(codes.clone())
-        return forward(text, codes)
+        return forward(text, codes, sketch)
 
     module.forward = recording
     trainer.train()

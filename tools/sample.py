@@ -319,6 +319,7 @@ def sample_set(args) -> list[Path]:
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError("--num-samples and --batch-size must be at least 1")
     start = time.perf_counter()
+    owns_group = not dist.is_initialized()  # a caller's group (in-process use) stays up
     rank, world, device = init_distributed("cuda" if str(args.device).startswith("cuda") else "cpu")
     parts = load_parts(args, device)
     model, vqgan, tokenizer, task = parts.model, parts.vqgan, parts.tokenizer, args.task
@@ -366,7 +367,8 @@ def sample_set(args) -> list[Path]:
     if rank == 0:
         print(f"sampled {task}: {len(rows)} files of {len(conditions)} conditions ({done} rows on rank 0 of {world}, "
               f"the rest skipped as done or on other ranks) in {seconds:.1f}s", file=sys.stderr)
-    dist.destroy_process_group()
+    if owns_group:
+        dist.destroy_process_group()
     return [args.output / "index.jsonl"]
 
 
