@@ -17,7 +17,7 @@ from tools import config_reference, estimate_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIGS = ["cpu-smoke.yaml", "nuwa-256.yaml", "nuwa-336-1gpu.yaml", "nuwa-336-64gpu.yaml"]
-VQGAN_CONFIGS = ["vqgan-demo.yaml", "vqgan-f16-12288.yaml"]
+VQGAN_CONFIGS = ["vqgan-demo.yaml", "vqgan-f16-12288.yaml", "vqgan-seg-demo.yaml"]
 
 
 def test_every_config_file_is_tested():

@@ -11,7 +11,7 @@ from preprocess.readers import ClipSampling, clip_frame_indices, frame_timestamp
 from tools.learning_check import wrapped_centroid
 from tools.media import encode_mp4
 from tools.make_demo_data import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, DemoDataConfig, ShapeSpec, caption,
-                                  make_demo_data, object_centre, random_spec, render_frame,
+                                  make_demo_data, object_centre, random_spec, render_frame, render_label_map,
                                   render_video)
 
 
@@ -105,7 +105,7 @@ def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
     assert summary["counts"] == {"images": {"train": 5, "heldout": 2}, "videos": {"train": 2, "heldout": 1}}
 
     images = _members(tmp_path / "a/images/train/00000.tar")
-    assert sorted(images)[:3] == ["000000000.jpg", "000000000.json", "000000000.txt"]
+    assert sorted(images)[:4] == ["000000000.jpg", "000000000.json", "000000000.seg.png", "000000000.txt"]
     meta = json.loads(images["000000000.json"])
     spec = ShapeSpec(**{**meta["demo"], "start": tuple(meta["demo"]["start"])})
     assert images["000000000.txt"].decode() == caption(spec) == meta["caption"]
@@ -113,6 +113,9 @@ def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
     pixels = np.asarray(Image.open(io.BytesIO(images["000000000.jpg"])))
     assert pixels.shape == (32, 32, 3)
     assert np.abs(pixels.astype(int) - render_frame(spec, 0.0, 32)).mean() < 6  # JPEG of the rendered frame
+    labels = np.asarray(Image.open(io.BytesIO(images["000000000.seg.png"])))  # the sketch: the shape's class
+    assert np.array_equal(labels, render_label_map(spec, 0.0, 32)) and set(np.unique(labels)) == {
+        0, 1 + SHAPES.index(spec.shape)}
 
     videos = _members(tmp_path / "a/videos/train/00000.tar")
     meta = json.loads(videos["000000001.json"])
@@ -120,6 +123,8 @@ def test_make_demo_data_writes_img2dataset_tars_deterministically(tmp_path):
     with av.open(io.BytesIO(videos["000000001.mp4"])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 120 and frames[0].shape == (32, 32, 3)
+    with np.load(io.BytesIO(videos["000000001.seg.npz"])) as stack:  # one label map per video frame
+        assert float(stack["fps"]) == 12 and np.array_equal(stack["labels"][60], render_label_map(spec, 60 / 12, 32))
     for t in (0, 60, 119):  # the decoded object sits where the spec puts it (on the wrapped frame)
         mask = np.abs(frames[t].astype(int) - COLOURS[spec.colour]).max(axis=-1) <= 60
         found = wrapped_centroid(mask)

@@ -13,8 +13,8 @@ against the same words.
 
 Layout (what img2dataset / video2dataset write, plus a JSONL index per split)::
 
-    OUT/images/{train,heldout}/00000.tar   members {key}.jpg {key}.txt {key}.json
-    OUT/videos/{train,heldout}/00000.tar   members {key}.mp4 {key}.txt {key}.json
+    OUT/images/{train,heldout}/00000.tar   members {key}.jpg {key}.seg.png {key}.txt {key}.json
+    OUT/videos/{train,heldout}/00000.tar   members {key}.mp4 {key}.seg.npz {key}.txt {key}.json
     OUT/{images,videos}/{train,heldout}.jsonl   key, caption and attributes of every sample
     OUT/dataset.json                            arguments, counts and vocabulary
 
@@ -131,8 +131,26 @@ def render_frame(spec: ShapeSpec, t: float, image_size: int) -> np.ndarray:
 def render_label_map(spec: ShapeSpec, t: float, image_size: int) -> np.ndarray:
     """The sample's sketch at time `t`: uint8 [H, W] class ids, 0 for the background and 1 + the shape's index
     in SHAPES where the shape is drawn (SKETCH_CLASSES names them)."""
-    frame = render_frame(spec, t, image_size)
+    return label_map_of(render_frame(spec, t, image_size), spec)
+
+
+def label_map_of(frame: np.ndarray, spec: ShapeSpec) -> np.ndarray:
+    """The label map of a rendered frame: the shape's class where its colour is drawn, 0 elsewhere."""
     return np.where((frame == COLOURS[spec.colour]).all(-1), 1 + SHAPES.index(spec.shape), 0).astype(np.uint8)
+
+
+def encode_png(labels: np.ndarray) -> bytes:
+    """A label map as a one-channel PNG of class ids."""
+    buffer = io.BytesIO()
+    Image.fromarray(labels, "L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def encode_label_stack(labels: np.ndarray, fps: float) -> bytes:
+    """A video's label maps [F, H, W] at `fps` as the npz that preprocessing reads (`labels`, `fps`)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=labels, fps=np.float64(fps))
+    return buffer.getvalue()
 
 
 def render_video(spec: ShapeSpec, seconds: float, fps: float, image_size: int) -> np.ndarray:
@@ -168,15 +186,18 @@ def _split_counts(total: int, fraction: float) -> dict[str, int]:
     return {"train": total - heldout, "heldout": heldout}
 
 
-def make_sample(config: DemoDataConfig, kind: str, split: str, index: int) -> tuple[ShapeSpec, bytes, str]:
-    """The spec, encoded media and file extension of sample `index` of one kind and split."""
+def make_sample(config: DemoDataConfig, kind: str, split: str, index: int) -> tuple[ShapeSpec, dict[str, bytes]]:
+    """The spec and members of sample `index` of one kind and split: the encoded media and its label map
+    (the sketch of S2I/S2V: `seg.png` beside an image, a `seg.npz` stack of one map per video frame)."""
     rng = np.random.default_rng([config.seed, KINDS.index(kind), SPLITS.index(split), index])
     if kind == "images":
         spec = random_spec(rng, None)
-        return spec, encode_jpeg(render_frame(spec, 0.0, config.image_size)), "jpg"
+        frame = render_frame(spec, 0.0, config.image_size)
+        return spec, {"jpg": encode_jpeg(frame), "seg.png": encode_png(label_map_of(frame, spec))}
     spec = random_spec(rng, config.speed)
     frames = render_video(spec, config.video_seconds, config.fps, config.image_size)
-    return spec, encode_mp4(frames, config.fps), "mp4"
+    labels = np.stack([label_map_of(frame, spec) for frame in frames])
+    return spec, {"mp4": encode_mp4(frames, config.fps), "seg.npz": encode_label_stack(labels, config.fps)}
 
 
 def write_tar(config: DemoDataConfig, kind: str, split: str, count: int, out: Path, tar_index: int) -> list[dict]:
@@ -186,14 +207,14 @@ def write_tar(config: DemoDataConfig, kind: str, split: str, count: int, out: Pa
     with atomic_path(final) as tmp, wds.TarWriter(str(tmp), mtime=0.0) as writer:
         first = tar_index * config.samples_per_tar
         for index in range(first, min(first + config.samples_per_tar, count)):
-            spec, media, ext = make_sample(config, kind, split, index)
+            spec, members = make_sample(config, kind, split, index)
             key = f"{tar_index:05d}{index - first:04d}"
             text = caption(spec)
             meta = {"key": key, "status": "success", "caption": text, "width": config.image_size,
                     "height": config.image_size, "demo": dataclasses.asdict(spec)}
             if kind == "videos":
                 meta.update(duration=config.video_seconds, fps=config.fps)
-            writer.write({"__key__": key, ext: media, "txt": text, "json": json.dumps(meta, sort_keys=True)})
+            writer.write({"__key__": key, **members, "txt": text, "json": json.dumps(meta, sort_keys=True)})
             rows.append({"key": key, "tar": final.name, "caption": text, **dataclasses.asdict(spec)})
     return rows
 
