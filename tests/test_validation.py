@@ -65,6 +65,8 @@ result = evaluate(model, sets, {"t2i": 4, "v2v": 2, "t2v": 2}, 5, torch.device("
                   dist.get_world_size())
 if dist.get_rank() == 0:
     print(json.dumps(result))
+dist.barrier()
+dist.destroy_process_group()  # a gloo group left to interpreter exit can abort ("terminate called …")
 """
 
 
