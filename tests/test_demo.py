@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_pipeline_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "tools/demo.py", "--size", "ci", "--output", str(out)]
+    cmd = [sys.executable, "tools/demo.py", "--size", "ci", "--output", str(out), "--sketch"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     for stage in ("data", "tokenizer", "vqgan", "tokenize images/train", "tokenize videos/heldout", "pretrain",
@@ -32,11 +32,15 @@ def test_demo_pipeline_end_to_end(tmp_path):
             assert image.size == (64, 64)
             assert getattr(image, "n_frames", 1) == (1 if name.endswith(".png") else 10)
     assert (out / "pretrain/tb").is_dir() and (out / "model/model.safetensors").is_file()
+    sketch = (out / "sketch-report.md").read_text()  # the S2I stage: VQ-GAN-Seg, sketch codes, fine-tuning
+    assert re.search(r"^\| shape class matches \| \d+% \(p = [\d.e+-]+\) \| \d+% \| 33% \|$", sketch, re.M)
+    assert re.search(r"pixel accuracy [\d.]+%", sketch) and (out / "model-s2i/model.safetensors").is_file()
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "finished in" not in "".join(l for l in second.stdout.splitlines(True) if "[demo] pretrain" in l)
-    assert second.stdout.count("done before") == 9  # data, tokenizer, vqgan, 4× tokenize, pretrain, convert
+    assert second.stdout.count("done before") == 14  # data, tokenizer, vqgan, 4× tokenize, pretrain, convert,
+    # and the sketch stage's vqgan-seg, 2× tokenize, fine-tune, convert
 
 
 def test_a_stage_config_that_changed_since_the_last_run_is_refused(tmp_path):

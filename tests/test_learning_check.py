@@ -7,9 +7,10 @@ import torch
 
 from model.vqgan import VQGAN, VQGANConfig
 from tools.learning_check import (PALETTE, PALETTE_NAMES, caption_words, chance_p_value, largest_wrapped_component,
-                                  match_rate, motion_direction, object_colour, palette_through, reads_as_caption,
-                                  wrapped_centroid)
-from tools.make_demo_data import DemoDataConfig, ShapeSpec, caption, random_spec, render_frame, render_video
+                                  mask_iou, match_rate, motion_direction, object_colour, object_mask, palette_through,
+                                  reads_as_caption, shape_class, wrapped_centroid)
+from tools.make_demo_data import (DemoDataConfig, ShapeSpec, caption, random_spec, render_frame, render_label_map,
+                                  render_video)
 
 
 def test_colour_and_direction_are_read_back_from_rendered_samples():
@@ -119,3 +120,12 @@ def test_frames_read_as_their_caption_until_the_shape_splits_or_dissolves():
         speckles = rng.random(frame.shape[:2]) < 0.08  # texture: the object's colour scattered over the frame
         noisy[speckles] = frame[tuple(np.argwhere((frame != frame[0, 0]).any(-1))[0])]
         assert not reads_as_caption(noisy, words["colour"], words["background"])
+
+
+def test_the_sketch_check_reads_shape_and_place_from_rendered_images():
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        spec = random_spec(rng, speed=None)
+        mask = object_mask(render_frame(spec, 0.0, 64))
+        assert mask_iou(mask, render_label_map(spec, 0.0, 64) > 0) == 1.0 and shape_class(mask) == spec.shape
+    assert shape_class(np.zeros((64, 64), bool)) is None and mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 0

@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from model.vqgan import VQGAN
 from preprocess.readers import uint8_to_model
-from tools.make_demo_data import BACKGROUNDS, COLOURS, DIRECTIONS, SIZES, ShapeSpec, render_frame
+from tools.make_demo_data import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, ShapeSpec, render_frame,
+                                  render_label_map)
 from tools.sample import to_uint8
 
 PALETTE_NAMES = list(COLOURS) + list(BACKGROUNDS)
@@ -159,6 +160,32 @@ def reads_as_caption(frame: np.ndarray, colour: str, background: str, palette: n
             near |= np.roll(shape, (dy, dx), axis=(0, 1))
     outside = ((labels != background_label) & ~near).sum()
     return shape.sum() >= min_fraction * labels.size and outside <= stray * shape.sum()
+
+
+def object_mask(frame: np.ndarray, palette: np.ndarray = PALETTE, min_fraction: float = 0.01) -> np.ndarray:
+    """The pixels of the object's colour in a uint8 [H, W, 3] frame (all False when there is no object)."""
+    return _object_mask(palette_labels(frame, palette), min_fraction)[0]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def shape_class(mask: np.ndarray) -> str | None:
+    """The demo shape a boolean [H, W] mask looks most like: each shape of each size drawn at the mask's
+    centroid, the best overlap (IoU) wins; None for an empty mask."""
+    if mask.sum() == 0:
+        return None
+    size = mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    centre = ((xs.mean() + 0.5) / size, (ys.mean() + 0.5) / size)
+    scores = {}
+    for shape in SHAPES:
+        for name in SIZES:
+            template = render_label_map(ShapeSpec(shape, "red", name, "white", None, centre, 0.0), 0.0, size) > 0
+            scores[shape] = max(scores.get(shape, 0.0), mask_iou(mask, template))
+    return max(scores, key=scores.get)
 
 
 def match_rate(predicted: list[str | None], expected: list[str | None]) -> float:
