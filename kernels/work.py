@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.attention import BACKENDS, reference_mask
+from kernels.attention import BACKENDS
 from kernels.blocked import build_plan
 from kernels.mask import NO_WRAP, axis_visibility
 
@@ -35,7 +35,7 @@ def visible_pairs(q_grid, kv_grid, extent, causal: bool, n_global: int, wrap=NO_
             itself.append(vis.diagonal().double())
     (vs, vh, vw) = seen
     if causal:
-        (bs, bh, bw), (es, eh, ew) = before, itself
+        (bs, bh, bw), (es, eh, _) = before, itself
         count = (bs[:, None, None] * vh[None, :, None] * vw[None, None, :]
                  + es[:, None, None] * (bh[None, :, None] * vw[None, None, :] + eh[None, :, None] * bw[None, None, :]))
     else:
@@ -62,7 +62,7 @@ def flex_blocks(q_grid, kv_grid, extent, causal: bool, n_global: int, wrap=NO_WR
     `create_block_mask` finds, counted a block row at a time (that function holds the whole Nq × Nk mask:
     over 24 GB at 40×21×21)."""
     axes = [axis_visibility(n_q, n_k, e, wrap=w) for n_q, n_k, e, w in zip(q_grid, kv_grid, extent, wrap)]
-    (Sq, Hq, Wq), (Sk, Hk, Wk) = q_grid, kv_grid
+    (_, Hq, Wq), (_, Hk, Wk) = q_grid, kv_grid
     n_q, n_k = _size(q_grid), _size(kv_grid)
     key = torch.arange(n_k)
     ks, kh, kw = key // (Hk * Wk), key // Wk % Hk, key % Wk

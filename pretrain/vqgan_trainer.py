@@ -504,6 +504,7 @@ def reconstruction_grid(images: torch.Tensor, rec: torch.Tensor, n: int = 8) -> 
 def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, float]:
     """Train, checkpoint and save; returns the summary (also printed as one line)."""
     trainer, optim = cfg.trainer, cfg.optim
+    owns_group = not dist.is_initialized()  # an in-process caller's group stays up
     run = build_run(cfg)
     resume_dir = agree(lambda: checkpoint.resolve(resume, trainer.output_dir), MISTAKES)
     out = Path(trainer.output_dir)
@@ -567,5 +568,6 @@ def train(cfg: VQGANTrainingConfig, resume: str | None = None) -> dict[str, floa
         shown = f"pixel accuracy {summary[quality]:.1%}" if classes else f"PSNR {summary[quality]:.2f} dB"
         print(f"train_vqgan: last-batch {shown}, codebook usage {usage:.1%} → {out / 'final'} "
               f"(fingerprint {summary['fingerprint']})")
-    dist.destroy_process_group()
+    if owns_group:
+        dist.destroy_process_group()
     return summary

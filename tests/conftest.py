@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny tokenizer and code shards in the real shard format, for trainer tests."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,18 @@ def tiny_model_overrides(vocab_size: int) -> dict:
     return {"preset": "tiny", "text_vocab_size": vocab_size, "codebook_size": CODEBOOK, "frames": FRAMES,
             "grid_height": GRID, "grid_width": GRID, "width": 32, "heads": 2, "encoder_layers": 1,
             "decoder_layers": 1}
+
+
+def export_tiny_model(shards: dict, path, seed: int = 0, **model) -> Path:
+    """A converted tiny model (the folder tools/convert_checkpoint.py writes) for fixture shards, naming their
+    tokenizer and VQ-GAN as its provenance; `model` overrides config fields."""
+    from model.config import NuwaConfig
+    from model.nuwa import Nuwa
+    from model.pretrained import save_pretrained
+
+    overrides = {**tiny_model_overrides(shards["vocab_size"]), **model}
+    overrides.pop("preset")
+    torch.manual_seed(seed)
+    info = {"tokenizer": shards["tokenizer"], "tokenizer_fingerprint": CaptionTokenizer(shards["tokenizer"]).fingerprint(),
+            "vqgan_fingerprint": VQGAN.from_pretrained(shards["vqgan"]).fingerprint()}
+    return save_pretrained(Nuwa(NuwaConfig.from_preset("tiny", **overrides)), path, info=info)

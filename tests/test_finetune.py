@@ -6,27 +6,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_model_overrides
+from conftest import export_tiny_model, tiny_model_overrides
 from model.config import NuwaConfig
 from model.nuwa import Nuwa
 from model.pretrained import save_pretrained
-from model.vqgan import VQGAN
 from preprocess.text import CaptionTokenizer
 from pretrain.config import load_config
-from test_pretrain import metrics, single_process, write_config  # noqa: F401 (a fixture)
+from test_pretrain import resume_in_process_exactly, single_process, write_config  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
 def export(code_shards, tmp_path_factory):
     """A converted tiny model with the fixture shards' tokenizer and VQ-GAN."""
-    overrides = tiny_model_overrides(code_shards["vocab_size"])
-    overrides.pop("preset")
-    torch.manual_seed(123)
-    model = Nuwa(NuwaConfig.from_preset("tiny", **overrides))
-    info = {"tokenizer": code_shards["tokenizer"],
-            "tokenizer_fingerprint": CaptionTokenizer(code_shards["tokenizer"]).fingerprint(),
-            "vqgan_fingerprint": VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()}
-    return save_pretrained(model, tmp_path_factory.mktemp("export") / "model", info=info)
+    return export_tiny_model(code_shards, tmp_path_factory.mktemp("export") / "model", seed=123)
 
 
 def config_for(tmp_path, code_shards, *overrides, **trainer):
@@ -91,17 +83,6 @@ def test_mismatches_are_refused_by_name(tmp_path, code_shards, export, single_pr
 
 
 def test_a_fine_tuning_run_resumes_exactly(tmp_path, code_shards, export, single_process):
-    from pretrain.trainer import Trainer
-
-    args = ("--trainer.init_from", str(export))
-    Trainer(config_for(tmp_path, code_shards, *args, steps=4, checkpoint_every=2, keep_last=2)).train()
-    whole = metrics(tmp_path / "run")
-    shutil.copytree(tmp_path / "run", tmp_path / "half")
-    shutil.rmtree(tmp_path / "half" / "checkpoints" / "step-00000004")
-    (tmp_path / "half" / "metrics.jsonl").unlink()
-    resumed = Trainer(config_for(tmp_path, code_shards, *args, "--trainer.output_dir", str(tmp_path / "half"),
-                                 steps=4, checkpoint_every=2), resume="auto")
-    assert resumed.state.step == 2
-    resumed.train()
-    again = metrics(tmp_path / "half")
-    assert [again[s]["loss"] for s in (3, 4)] == [whole[s]["loss"] for s in (3, 4)]
+    resume_in_process_exactly(tmp_path, lambda *more: config_for(tmp_path, code_shards, "--trainer.init_from",
+                                                                 str(export), *more, steps=4, checkpoint_every=2,
+                                                                 keep_last=2))

@@ -13,7 +13,7 @@ from evaluation.clip_text import ClipTokenizer, byte_characters
 from evaluation.extractors import Inception
 from evaluation.statistics import frechet_distance, gaussian, inception_score, psnr
 from model.vqgan import VQGAN
-from preprocess.readers import model_to_uint8, uint8_to_model, video_clips, ClipSampling
+from preprocess.readers import model_to_uint8, uint8_to_model
 from tools import evaluate
 from tools.media import encode_mp4
 

@@ -58,6 +58,24 @@ def metrics(output_dir) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines)}
 
 
+def resume_in_process_exactly(tmp_path, config) -> tuple[dict, dict]:
+    """`config(*overrides)` makes a 4-step config that checkpoints every 2: run it whole in `run/`, then from
+    its step-2 checkpoint in a copy, in this process; steps 3 and 4 must give the same losses. Returns both
+    runs' metrics."""
+    from pretrain.trainer import Trainer
+
+    Trainer(config("--trainer.output_dir", str(tmp_path / "run"))).train()
+    shutil.copytree(tmp_path / "run", tmp_path / "half")
+    shutil.rmtree(tmp_path / "half" / "checkpoints" / "step-00000004")
+    (tmp_path / "half" / "metrics.jsonl").unlink()
+    resumed = Trainer(config("--trainer.output_dir", str(tmp_path / "half")), resume="auto")
+    assert resumed.state.step == 2
+    resumed.train()
+    whole, again = metrics(tmp_path / "run"), metrics(tmp_path / "half")
+    assert [again[s]["loss"] for s in (3, 4)] == [whole[s]["loss"] for s in (3, 4)]
+    return whole, again
+
+
 def check(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

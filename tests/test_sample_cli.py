@@ -4,13 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_model_overrides
-from model.config import NuwaConfig
-from model.nuwa import Nuwa
-from model.pretrained import save_pretrained
+from conftest import export_tiny_model
+from model.tasks import keep_top_rows
 from model.vqgan import VQGAN
 from preprocess.text import CaptionTokenizer
-from model.tasks import keep_top_rows
 from preprocess.readers import load_image
 from tools import sample
 from tools.media import encode_mp4
@@ -20,14 +17,7 @@ from tools.make_demo_data import encode_jpeg, random_spec, render_frame, render_
 @pytest.fixture(scope="module")
 def setup(code_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_cli")
-    overrides = tiny_model_overrides(code_shards["vocab_size"])
-    overrides.pop("preset")
-    torch.manual_seed(0)
-    model = Nuwa(NuwaConfig.from_preset("tiny", **overrides))
-    tokenizer = CaptionTokenizer(code_shards["tokenizer"])
-    info = {"tokenizer": code_shards["tokenizer"], "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "vqgan_fingerprint": VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()}
-    save_pretrained(model, root / "model", info=info)
+    export_tiny_model(code_shards, root / "model")
     spec = random_spec(np.random.default_rng(0), speed=0.3125)
     (root / "clip.mp4").write_bytes(encode_mp4(render_video(spec, 2.0, 10, 32), fps=10))
     (root / "photo.jpg").write_bytes(encode_jpeg(render_frame(spec, 0.0, 32)))

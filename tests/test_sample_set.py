@@ -9,17 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_model_overrides
-from model.config import NuwaConfig
-from model.nuwa import Nuwa
-from model.pretrained import save_pretrained
+from conftest import SKETCH_CODEBOOK, export_tiny_model
+from model.pretrained import load_pretrained
 from model.sampling import SamplingConfig, generate, sample_logits
-from model.vqgan import VQGAN
+from model.vqgan import VQGAN, VQGANConfig
 from preprocess.readers import ClipSampling, video_clips
-from preprocess.text import CaptionTokenizer
 from pretrain.distributed import free_port
 from tools import sample
-from tools.make_demo_data import encode_jpeg, random_spec, render_frame
+from tools.make_demo_data import encode_jpeg, random_spec, render_frame, render_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(code_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_set")
-    overrides = tiny_model_overrides(code_shards["vocab_size"])
-    overrides.pop("preset")
-    torch.manual_seed(0)
-    model = Nuwa(NuwaConfig.from_preset("tiny", **overrides))
-    info = {"tokenizer": code_shards["tokenizer"],
-            "tokenizer_fingerprint": CaptionTokenizer(code_shards["tokenizer"]).fingerprint(),
-            "vqgan_fingerprint": VQGAN.from_pretrained(code_shards["vqgan"]).fingerprint()}
-    save_pretrained(model, root / "model", info=info)
+    export_tiny_model(code_shards, root / "model")
     photos = root / "photos"
     photos.mkdir()
     for i in range(2):
@@ -58,7 +48,6 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_noise_rows_do_not_depend_on_their_batch(setup):
     """Each row draws from its own noise: alone or beside other rows, it samples the same codes."""
     root, _ = setup
-    from model.pretrained import load_pretrained
     model = load_pretrained(root / "model")
     text = torch.randint(3, 60, (3, 77))
     grid = model.config.video_grid
@@ -138,18 +127,7 @@ def test_inputs_and_held_out_shards_as_conditions(setup, tmp_path, capsys):
 
 def test_sketch_tasks_sample_from_label_maps_and_shards(sketch_shards, tmp_path, capsys):
     """S2I from a PNG label map, S2V from a label stack, and S2V over held-out shards' own sketch codes."""
-    from conftest import SKETCH_CODEBOOK
-    from model.vqgan import VQGANConfig
-    from tools.make_demo_data import render_label_map
-
-    overrides = tiny_model_overrides(sketch_shards["vocab_size"])
-    overrides.pop("preset")
-    torch.manual_seed(0)
-    model = Nuwa(NuwaConfig.from_preset("tiny", sketch_codebook_size=SKETCH_CODEBOOK, **overrides))
-    info = {"tokenizer": sketch_shards["tokenizer"],
-            "tokenizer_fingerprint": CaptionTokenizer(sketch_shards["tokenizer"]).fingerprint(),
-            "vqgan_fingerprint": VQGAN.from_pretrained(sketch_shards["vqgan"]).fingerprint()}
-    save_pretrained(model, tmp_path / "model", info=info)
+    export_tiny_model(sketch_shards, tmp_path / "model", sketch_codebook_size=SKETCH_CODEBOOK)
     VQGAN(VQGANConfig.from_preset("tiny", resolution=32, num_classes=4, in_channels=4, out_channels=4,
                                   codebook_size=SKETCH_CODEBOOK)).save_pretrained(tmp_path / "seg")
     spec = random_spec(np.random.default_rng(0), speed=0.3125)

@@ -1,16 +1,13 @@
 """S2I and S2V in the trainer: sketch codes reach the model, the task joins the schedule and validation, a run
 resumes exactly, and wrong set-ups are refused."""
-import shutil
-
 import pytest
 import torch
 
-from conftest import SKETCH_CODEBOOK, tiny_model_overrides
+from conftest import SKETCH_CODEBOOK, export_tiny_model, tiny_model_overrides
 from model.config import NuwaConfig
 from model.nuwa import Nuwa
-from model.pretrained import save_pretrained
 from pretrain.config import load_config
-from test_pretrain import metrics, single_process, write_config  # noqa: F401 (a fixture)
+from test_pretrain import metrics, resume_in_process_exactly, single_process, write_config  # noqa: F401 (a fixture)
 
 SCHEDULE = '[{"start_step": 0, "weights": {"t2i": 1.0, "s2i": 1.0, "s2v": 1.0}}]'
 
@@ -26,7 +23,10 @@ def test_sketch_tasks_train_validate_and_resume_exactly(tmp_path, sketch_shards,
 
     val = ["--data.val_image_shards", sketch_shards["image"], "--data.val_video_shards", sketch_shards["video"],
            "--trainer.eval_every", "2", "--trainer.eval_batches", "2"]
-    trainer = Trainer(config_for(tmp_path, sketch_shards, *val, steps=4, checkpoint_every=2, keep_last=2))
+    def config(*more):
+        return config_for(tmp_path, sketch_shards, *val, *more, steps=4, checkpoint_every=2, keep_last=2)
+
+    trainer = Trainer(config("--trainer.output_dir", str(tmp_path / "spied")))
     module, seen = trainer.engine.module, []
     forward = module.forward
 
@@ -37,19 +37,9 @@ def test_sketch_tasks_train_validate_and_resume_exactly(tmp_path, sketch_shards,
     module.forward = spy
     trainer.train()
     assert (4, 1, 4, 4) in seen and (2, 2, 4, 4) in seen and None in seen  # s2i, s2v and t2i batches
-    whole = metrics(tmp_path / "run")
-    assert {"val/s2i", "val/s2v", "val/s2v/frame1", "val/t2i"} <= set(whole[4])
+    assert {"val/s2i", "val/s2v", "val/s2v/frame1", "val/t2i"} <= set(metrics(tmp_path / "spied")[4])
     assert trainer.state.consumed["s2i"] > 0 and trainer.state.consumed["s2v"] > 0
-
-    shutil.copytree(tmp_path / "run", tmp_path / "half")
-    shutil.rmtree(tmp_path / "half" / "checkpoints" / "step-00000004")
-    (tmp_path / "half" / "metrics.jsonl").unlink()
-    resumed = Trainer(config_for(tmp_path, sketch_shards, *val, "--trainer.output_dir", str(tmp_path / "half"),
-                                 steps=4, checkpoint_every=2), resume="auto")
-    assert resumed.state.step == 2
-    resumed.train()
-    again = metrics(tmp_path / "half")
-    assert [again[s]["loss"] for s in (3, 4)] == [whole[s]["loss"] for s in (3, 4)]
+    whole, again = resume_in_process_exactly(tmp_path, config)
     assert again[4]["val/s2v"] == whole[4]["val/s2v"]
 
 
@@ -71,9 +61,7 @@ def test_fine_tuning_a_text_model_on_sketches_adds_the_sketch_embedding(tmp_path
                                                                         capsys):
     from pretrain.trainer import Trainer
 
-    overrides = tiny_model_overrides(sketch_shards["vocab_size"])
-    overrides.pop("preset")
-    save_pretrained(Nuwa(NuwaConfig.from_preset("tiny", **overrides)), tmp_path / "text-model")
+    export_tiny_model(sketch_shards, tmp_path / "text-model")
     Trainer(config_for(tmp_path, sketch_shards, "--trainer.init_from", str(tmp_path / "text-model")))
     assert "1 initialised fresh: sketch_embed.weight" in capsys.readouterr().out
 
