@@ -1,10 +1,11 @@
 """The portable NÜWA model folder: `model.safetensors` + `config.json`, readable without DeepSpeed.
 
     config.json  {"format": "nuwa-pretrained/1", "model": NuwaConfig fields, "dtype": "float32",
-                  "preset", "step", "source", "tokenizer", "tokenizer_fingerprint", "vqgan_fingerprint"}
+                  "preset", "step", "source", "tokenizer", "tokenizer_fingerprint", "vqgan_fingerprint",
+                  "vqgan_seg_fingerprint" (runs on sketch shards)}
 
 Everything besides `format`, `model` and `dtype` is provenance (`info`): which run and step the
-weights came from and which tokenizer and VQ-GAN their ids and codes mean, so that sampling can
+weights came from and which tokenizer, VQ-GAN (and VQ-GAN-Seg) their ids and codes mean, so that sampling can
 refuse a mismatched pair. Weights are safetensors only: loading never executes pickled code.
 `config.json` is written last, so a folder without it is an interrupted export, never a model.
 """

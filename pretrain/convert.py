@@ -31,7 +31,8 @@ from pretrain.ema import full_state
 
 
 def identities(config: dict) -> dict:
-    """Tokenizer and VQ-GAN identities of the run, from its shard manifests (None where unreadable)."""
+    """Tokenizer and VQ-GAN identities of the run (and the VQ-GAN-Seg's, for shards with sketches), from its
+    shard manifests (None where unreadable)."""
     data = config.get("data", {})
     found = {"tokenizer": data.get("tokenizer") or None, "tokenizer_fingerprint": None, "vqgan_fingerprint": None}
     for key in ("image_shards", "video_shards"):
@@ -44,6 +45,9 @@ def identities(config: dict) -> dict:
             continue
         for field in ("tokenizer_fingerprint", "vqgan_fingerprint"):
             found[field] = found[field] or manifest.get(field)
+        if manifest.get("sketch"):  # S2I/S2V: the VQ-GAN-Seg that coded the sketches
+            seg = manifest["sketch"]["vqgan_fingerprint"]
+            found["vqgan_seg_fingerprint"] = found.get("vqgan_seg_fingerprint") or seg
     unknown = [k for k, v in found.items() if v is None]
     if unknown:
         print(f"convert: note: {', '.join(unknown)} unknown; config.json records null", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny tokenizer and code shards in the real shard format, for trainer tests."""
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +14,21 @@ from preprocess.train_tokenizer import train_tokenizer
 
 
 @pytest.fixture(autouse=True)
-def command_line_errors_raise(monkeypatch):
+def in_process_runs_stay_in_their_test(monkeypatch):
     """Trainers run in-process leave their one-process group for the next test (DeepSpeed keeps references to
     it); a command-line error in a later test would then end the process as a rank of a job does (os._exit),
     taking pytest with it. Here it raises SystemExit, as without a group."""
     monkeypatch.setattr("pretrain.cli.exit_now", sys.exit)
+    # A one-process group started in-process (init_distributed) sets RANK, MASTER_PORT, …; later subprocesses
+    # would inherit them and try to join that group's port. Each test gets the environment back as it was.
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 CODEBOOK, GRID, FRAMES = 32, 4, 2

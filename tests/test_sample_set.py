@@ -147,3 +147,8 @@ def test_sketch_tasks_sample_from_label_maps_and_shards(sketch_shards, tmp_path,
     with pytest.raises(SystemExit):
         sample.main(base[:4] + ["--task", "s2i", "--sketch", str(tmp_path / "map.png"), "--output", str(tmp_path / "x")])
     assert "needs --vqgan-seg" in capsys.readouterr().err
+    record = json.loads((tmp_path / "model" / "config.json").read_text())  # as converted from a run on sketch shards
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**record, "vqgan_seg_fingerprint": "0" * 16}))
+    with pytest.raises(SystemExit):
+        sample.main(base + ["--task", "s2i", "--sketch", str(tmp_path / "map.png"), "--output", str(tmp_path / "y")])
+    assert "is not the VQ-GAN-Seg that coded the model's sketches" in capsys.readouterr().err

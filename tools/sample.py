@@ -181,6 +181,9 @@ def load_parts(args, device: str | torch.device) -> Parts:
     if vqgan_seg is not None and vqgan_seg.config.codebook_size != model.config.sketch_codebook_size:
         raise ValueError(f"--vqgan-seg {args.vqgan_seg} has {vqgan_seg.config.codebook_size} codes; the model reads "
                          f"sketches of {model.config.sketch_codebook_size}")
+    if vqgan_seg is not None and info.get("vqgan_seg_fingerprint") not in (None, vqgan_seg.fingerprint()):
+        raise ValueError(f"--vqgan-seg {args.vqgan_seg} (fingerprint {vqgan_seg.fingerprint()}) is not the VQ-GAN-Seg "
+                         f"that coded the model's sketches ({info['vqgan_seg_fingerprint']})")
     return Parts(model, vqgan, tokenizer, info, vqgan_seg)
 
 
