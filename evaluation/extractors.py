@@ -67,11 +67,6 @@ def _graphs(module: torch.jit.ScriptModule) -> list:
     return graphs
 
 
-def _batches(images: np.ndarray, size: int, batch: int):
-    for start in range(0, len(images), batch):
-        yield images[start: start + batch]
-
-
 class Inception:
     def __init__(self, path: str | Path, device: torch.device):
         self.path, self.device, self.model = Path(path), device, load_script(path, device)

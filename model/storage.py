@@ -6,6 +6,7 @@ finished. Torch files are loaded with `weights_only=True`: loading never runs pi
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -54,6 +55,16 @@ def atomic_write(path: str | Path, data: str | bytes, prefix: str = ".") -> Path
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+def changed_settings(path: str | Path, settings: dict) -> list[str]:
+    """The keys whose value in the JSON settings file at `path` (what made an output folder) differs from
+    `settings`, compared as JSON (tuples as lists); [] when there is no file yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    before, now = json.loads(path.read_text(encoding="utf-8")), json.loads(json.dumps(settings))
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 def load_torch(path: str | Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from model.storage import atomic_path, atomic_write, remove
+from model.storage import atomic_path, atomic_write, changed_settings, remove
 
 FORMAT = "nuwa-code-shards/2"
 SKETCH_FORMAT = "nuwa-code-shards/3"
@@ -94,13 +94,11 @@ class ShardWriter:
     def check_settings(self, settings: dict) -> None:
         """Record the settings on the first run; refuse to add to output made with other ones."""
         path = self.folder / SETTINGS
-        if path.exists():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != _normalise(settings.get(k)))
-            if differ:
-                raise ValueError(f"{self.folder} was written with other settings ({', '.join(differ)} differ); "
-                                 f"use a new output folder or delete it")
-        else:
+        differ = changed_settings(path, settings)
+        if differ:
+            raise ValueError(f"{self.folder} was written with other settings ({', '.join(differ)} differ); "
+                             f"use a new output folder or delete it")
+        if not path.exists():
             atomic_write(path, _dumps(settings), prefix=TMP_PREFIX)
 
     def has_shard(self, name: str) -> bool:

@@ -293,6 +293,13 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
+def code_perplexity(codes: torch.Tensor, codebook_size: int) -> float:
+    """exp(entropy) of the batch's code histogram: how many codes it uses, weighted by use."""
+    probs = torch.bincount(codes.flatten(), minlength=codebook_size).float()
+    probs = probs / probs.sum()
+    return torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()).item()
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -342,10 +349,8 @@ def train_step(vqgan: torch.nn.Module, disc: torch.nn.Module, lpips: LPIPS | Non
         opt_d.step()
         metrics["d_loss"] = d_loss.item()
 
-    counts = torch.bincount(codes.flatten(), minlength=raw.config.codebook_size).float()
-    probs = counts / counts.sum()
     metrics.update(loss=loss.item(), l1=(images - rec).abs().mean().item(), vq_loss=vq_loss.item(),
-                   psnr=psnr(images, rec), perplexity=torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()).item())
+                   psnr=psnr(images, rec), perplexity=code_perplexity(codes, raw.config.codebook_size))
     if perceptual is not None:
         metrics["lpips"] = perceptual.item()
     return metrics
@@ -366,11 +371,9 @@ def segmentation_step(vqgan: torch.nn.Module, opt_g: torch.optim.Optimizer, labe
     if grad_clip > 0:
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip).item()
     opt_g.step()
-    counts = torch.bincount(codes.flatten(), minlength=raw.config.codebook_size).float()
-    probs = counts / counts.sum()
     metrics.update(loss=loss.item(), cross_entropy=cross_entropy.item(), vq_loss=vq_loss.item(),
                    pixel_accuracy=(logits.argmax(1) == labels).float().mean().item(),
-                   perplexity=torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()).item())
+                   perplexity=code_perplexity(codes, raw.config.codebook_size))
     return metrics
 
 

@@ -21,12 +21,12 @@ Evaluation sets, many conditions at once (docs/evaluation.md):
     python tools/sample.py ... --task v2v --shards shards/videos-heldout --given-frames 1 --output gen/
 
 Each line of --prompts is {"text": …}, {"input": path} and/or {"sketch": path} (relative to the file);
---shards takes the captions, codes and sketch codes of held-out shards. Rows (condition × sample) run in batches of --batch-size, batch b
-on rank b mod world; every row draws its own noise seeded by (seed, condition, sample), so any number
-of ranks writes the same files. Finished files are skipped on a rerun. Output: `{index:06d}-{sample}.png`
-or `.mp4`, `sampling.json` (the settings; a rerun with others is refused) and `index.jsonl` (written last:
-one {"path", "caption", "index", "sample", "task", "input"} per file, an index file that preprocessing and
-tools/evaluate.py read).
+--shards takes the captions, codes and sketch codes of held-out shards. Rows (condition × sample) run in
+batches of --batch-size, batch b on rank b mod world; every row draws its own noise seeded by (seed,
+condition, sample), so any number of ranks writes the same files. Finished files are skipped on a rerun.
+Output: `{index:06d}-{sample}.png` or `.mp4`, `sampling.json` (the settings; a rerun with others is
+refused) and `index.jsonl` (written last: one {"path", "caption", "index", "sample", "task", "input",
+"sketch"} per file, an index file that preprocessing and tools/evaluate.py read).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.pretrained import load_pretrained, read_info
-from model.storage import atomic_write
+from model.storage import atomic_write, changed_settings
 from model.sampling import SamplingConfig, generate
 from model.tasks import (INPUT_TASKS, SKETCH_TASKS, TASKS, TEXT_TASKS, VIDEO_TASKS, keep_first_frames,
                          keep_outside_region, keep_top_rows)
@@ -304,12 +304,10 @@ def row_noise(seed: int, index: int, sample: int, tokens: int) -> torch.Tensor:
 def check_settings(output: Path, settings: dict) -> None:
     """Refuse an output folder whose finished files were made with other settings."""
     path = output / "sampling.json"
-    if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        if changed:
-            raise ValueError(f"{output} holds samples made with other settings ({', '.join(changed)} differ; see "
-                             f"{path}); choose another --output")
+    changed = changed_settings(path, settings)
+    if changed:
+        raise ValueError(f"{output} holds samples made with other settings ({', '.join(changed)} differ; see "
+                         f"{path}); choose another --output")
 
 
 def sample_set(args) -> list[Path]:
@@ -382,8 +380,8 @@ def write_batch(args, parts: Parts, rows: list[tuple[Condition, int, int]], grid
     for condition, _, _ in rows:
         if shards is not None:
             sample = shards[condition.shard_index]
-            ids = sample["text"] if task in TEXT_TASKS else tokenizer.encode_none()[0]
-            texts.append(torch.from_numpy(ids.astype(np.int64))[None])
+            texts.append(torch.from_numpy(sample["text"].astype(np.int64))[None] if task in TEXT_TASKS
+                         else none_text(tokenizer))
             references.append(torch.from_numpy(sample["codes"][:grid[0]].astype(np.int64))[None])
             if task in SKETCH_TASKS:
                 sketches.append(torch.from_numpy(sample["sketch"][:grid[0]].astype(np.int64))[None])
