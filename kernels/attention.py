@@ -4,6 +4,8 @@ Backends, all computing the same function (DESIGN.md):
 - "reference": dense SDPA with the `nearby_mask` matrix; O(N²), the judge of the others.
 - "blocked": query tiles against the keys their windows reach (kernels/blocked.py); CPU and CUDA.
 - "flex": FlexAttention with a cached block mask (kernels/flex.py); CUDA, the least memory.
+- "fused": a Triton kernel in which each query reads only its window's keys (kernels/fused.py); CUDA,
+  the least work (CPU only under Triton's interpreter, for tests).
 `backend=None` picks "blocked" on every device: it is the fastest path for video grids on CPU and
 CUDA, while flex uses the least memory (docs/benchmarks.md has the measurements, docs/3dna.md how to
 choose).
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from kernels.blocked import blocked_attention
 from kernels.mask import NO_WRAP, check_extent, check_grid, check_wrap, nearby_mask
 
-BACKENDS = ("reference", "blocked", "flex")
+BACKENDS = ("reference", "blocked", "flex", "fused")
 
 
 @torch.compiler.disable  # built once per shape, outside any compiled graph
@@ -101,5 +103,8 @@ def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, bac
     if backend == "flex":
         from kernels.flex import flex_nearby_attention
         return flex_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap)
+    if backend == "fused":
+        from kernels.fused import fused_nearby_attention
+        return fused_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap)
     raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 

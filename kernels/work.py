@@ -2,7 +2,8 @@
 
 A backend computes a score for every query-key pair inside the tiles it runs, visible or not: the dense
 reference all Nq × (G + Nk) pairs, `blocked` its tiles × tile queries × slab keys (padding and masked
-pairs included), FlexAttention 128 × 128 for every (query block, key block) pair its block mask keeps.
+pairs included), FlexAttention 128 × 128 for every (query block, key block) pair its block mask keeps,
+`fused` every query's window slots (its table's width, empty slots included) and the global keys.
 Divided by the visible pairs (those the canonical mask allows), this multiple is the factor by which a
 backend's arithmetic exceeds the ideal, and on a GPU, where these kernels are compute-bound, it predicts
 their speed. tools/bench_3dna.py --work prints it.
@@ -14,6 +15,7 @@ import torch
 from kernels.attention import BACKENDS
 from kernels.blocked import build_plan
 from kernels.mask import NO_WRAP, axis_visibility
+from kernels.neighbours import build_window_plan
 
 CPU = torch.device("cpu")
 FLEX_BLOCK = 128
@@ -53,6 +55,9 @@ def computed_pairs(backend: str, q_grid, kv_grid, extent, causal: bool, n_global
         return plan.n_tiles * plan.tile_q * plan.tile_k
     if backend == "flex":
         return flex_blocks(q_grid, kv_grid, extent, causal, n_global, wrap) * FLEX_BLOCK ** 2
+    if backend == "fused":
+        plan = build_window_plan(q_grid, kv_grid, extent, causal, CPU, wrap)
+        return _size(q_grid) * (plan.slots + n_global)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 

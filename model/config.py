@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
+from kernels.attention import BACKENDS
 from model import typed_config
 
 Extent = tuple[Optional[int], Optional[int], Optional[int]]
@@ -67,13 +68,16 @@ class NuwaConfig:
     compile: bool = False
     """torch.compile each encoder and decoder block (in place: the weights keep their names)."""
     attention_backend: Optional[str] = None
-    """Force a 3DNA backend ("reference", "blocked", "flex"); None: "blocked" (why: kernels/attention.py)."""
+    """Force a 3DNA backend ("reference", "blocked", "flex", "fused"); None: "blocked" (why:
+    kernels/attention.py, docs/3dna.md)."""
 
     def __post_init__(self):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.rotary and (self.width // self.heads) % 2:
             raise ValueError(f"rotary needs an even head size, got {self.width // self.heads}")
+        if self.attention_backend not in (None, *BACKENDS):
+            raise ValueError(f"attention_backend must be one of {BACKENDS} or null, got {self.attention_backend!r}")
         for name in ("text_extent", "image_extent", "video_extent"):
             setattr(self, name, tuple(getattr(self, name)))
 

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # the fused 3DNA kernel (Triton) runs in Triton's interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from model.vqgan import VQGAN, VQGANConfig
 from preprocess.shards import ShardWriter, make_manifest, shard_name
 from preprocess.text import CaptionTokenizer

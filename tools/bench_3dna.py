@@ -2,7 +2,7 @@
 
 Forward + backward, causal, one <bos> global key, batch 1. Prints time and peak memory side by
 side, and the ratios to the reference. On CPU the backends are reference and blocked (peak live
-tensor bytes); on CUDA also flex (peak allocated bytes).
+tensor bytes); on CUDA also flex and fused (peak allocated bytes).
 
     python tools/bench_3dna.py                      # the CPU table in docs/benchmarks.md
     python tools/bench_3dna.py --device cuda --heads 20 --dtype bf16 --frames 1 10 20 40
@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map_only
 from kernels import nearby_attention
 from kernels.attention import reference_mask
 from kernels.blocked import build_plan
+from kernels.neighbours import build_window_plan
 from kernels.work import computed_pairs, visible_pairs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -118,12 +119,15 @@ def measure(frames: int, backend: str, heads: int, head_dim: int, extent, repeat
 
 
 def cached_bytes(backend: str, grid, extent) -> int:
-    """Size of the mask (reference) or gather plan (blocked) that the backend keeps per grid."""
+    """Size of the mask (reference), gather plan (blocked) or index tables (fused) kept per grid."""
     cpu = torch.device("cpu")
     if backend == "reference":
         return reference_mask(grid, grid, extent, True, 1, cpu).nbytes
     if backend == "flex":
         return 0  # its block mask lives on the device, inside the allocated peak
+    if backend == "fused":
+        plan = build_window_plan(grid, grid, extent, True, cpu)
+        return sum(t.nbytes for t in (plan.q_order, plan.keys, plan.k_order, plan.readers))
     plan = build_plan(grid, grid, extent, True, 1, cpu)
     return sum(t.nbytes for t in (plan.q_index, plan.q_inverse, plan.kv_index, plan.mask))
 
@@ -144,7 +148,7 @@ def main():
     if args.work:
         return print_work(args.frames, tuple(args.extent))
     device = torch.device(args.device)
-    backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
+    backends = ["reference", "blocked"] + (["flex", "fused"] if device.type == "cuda" else [])
     if device.type == "cpu" and not args.glibc_default:
         keep_freed_memory_in_heap()
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
@@ -172,7 +176,7 @@ def main():
 
 def print_work(frames: list[int], extent) -> None:
     """The work table: visible pairs, and per backend the pairs computed and their multiple of the visible."""
-    backends = ("reference", "blocked", "flex")
+    backends = ("reference", "blocked", "flex", "fused")
     print(f"3DNA work, causal, extent {extent}, one <bos> global key: query-key pairs computed (tiles, padding and "
           f"masked pairs included) as a multiple of the visible pairs; the ideal is 1")
     header = (f"{'grid':>10} | {'visible':>10} | " + " ".join(f"{b + ' pairs':>16}" for b in backends) + " | "
@@ -184,7 +188,7 @@ def print_work(frames: list[int], extent) -> None:
         visible = visible_pairs(grid, grid, extent, True, 1)
         pairs = {b: computed_pairs(b, grid, grid, extent, True, 1) for b in backends}
         print(f"{f'{n}x21x21':>10} | {visible:>10,} | " + " ".join(f"{pairs[b]:>16,}" for b in backends) + " | "
-              + " ".join(f"{pairs[b] / visible:>11.1f}x" for b in backends))
+              + " ".join(f"{pairs[b] / visible:>11.2f}x" for b in backends))
 
 
 if __name__ == "__main__":
