@@ -1,5 +1,6 @@
 """Training throughput: tokens/s of a forward+backward+AdamW step, the model with 3DNA (the blocked
-backend; on CUDA also flex) beside the same model with dense masked attention (the reference); with
+backend; on CUDA also flex and fused) beside the same model with dense masked attention (the reference),
+and their MFU where the peak is known (a GPU of model/flops.py's table, or --peak-tflops); with
 `--options`, a second table puts the speed options of the blocked model side by side: torch.compile
 of the blocks, and activation checkpointing of whole blocks or of attention only, with MFU.
 
@@ -75,13 +76,16 @@ def main():
     parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: model/flops.py's GPU table)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    backends = ["reference", "blocked"] + (["flex"] if device.type == "cuda" else [])
+    backends = ["reference", "blocked"] + (["flex", "fused"] if device.type == "cuda" else [])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    peak = args.peak_tflops or (peak_tflops(where) if device.type == "cuda" else None)
     print(f"train step (forward + backward + AdamW), {args.dtype}, {where}; speed-up = tok/s over the reference's"
-          + ("; GiB = peak allocated" if device.type == "cuda" else ""))
+          + ("; GiB = peak allocated" if device.type == "cuda" else "")
+          + (f"; MFU against {peak:g} TFLOP/s" if peak else ""))
     print(f"{'config':>6} {'params':>8} {'grid':>12} {'batch':>5} | "
           + " ".join(f"{b + ' tok/s':>15}" for b in backends) + " | "
           + " ".join(f"{b + ' speed-up':>16}" for b in backends[1:])
+          + (" | " + " ".join(f"{b + ' MFU':>13}" for b in backends) if peak else "")
           + (" | " + " ".join(f"{b + ' GiB':>13}" for b in backends) if device.type == "cuda" else ""))
     for name in args.configs:
         config, grid, batch = build(name)
@@ -90,12 +94,14 @@ def main():
         results = {b: tokens_per_second(config.replace(attention_backend=b), grid, batch, args.steps, device,
                                         DTYPES[args.dtype]) for b in backends}
         rate_ref = results["reference"][0]
+        per_token = training_flops(config, grid) / math.prod(grid)
         print(f"{name:>6} {params / 1e6:7.1f}M {'x'.join(map(str, grid)):>12} {batch:>5} | "
               + " ".join(f"{results[b][0]:15.0f}" for b in backends) + " | "
               + " ".join(f"{results[b][0] / rate_ref:15.1f}x" for b in backends[1:])
+              + (" | " + " ".join(f"{results[b][0] * per_token / (peak * 1e12):13.1%}" for b in backends) if peak
+                 else "")
               + (" | " + " ".join(f"{results[b][1]:13.1f}" for b in backends) if device.type == "cuda" else ""))
     if args.options:
-        peak = args.peak_tflops or (peak_tflops(where) if device.type == "cuda" else None)
         print(f"\nspeed options of the blocked model, {args.dtype}, {where}; MFU against "
               + (f"{peak:g} TFLOP/s" if peak else "no known peak (--peak-tflops)"))
         print(f"{'config':>6} {'option':>21} {'tok/s':>9} {'vs eager':>9} {'MFU':>7}"
