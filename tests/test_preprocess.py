@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av  # noqa: F401  (PyAV before anything loads decord, see preprocess/readers.py)
@@ -520,9 +521,14 @@ def test_bad_arguments_are_answered_in_one_line(image_data, assets, tmp_path):
         ("train_tokenizer", ["--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "tok")], "matches no file"),
         ("merge_manifests", [str(tmp_path / "nowhere")], "no split manifests"),
     ]
-    for script, args, message in cases:
-        proc = subprocess.run([sys.executable, f"preprocess/{script}.py", *args], cwd=ROOT, capture_output=True,
+    def run(case):
+        script, args, _ = case
+        return subprocess.run([sys.executable, f"preprocess/{script}.py", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:  # one Python start-up per case: two at a time on a 2-core runner
+        procs = list(pool.map(run, cases))
+    for (script, _, message), proc in zip(cases, procs):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, (script, message, proc.stderr[-1500:])
         assert lines[-1].startswith(f"{script}: error: ") and message in lines[-1], (script, lines[-1])

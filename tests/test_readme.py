@@ -1,6 +1,7 @@
 """README.md is the manual: its commands name scripts, flags and files that exist (the dry-runs they
 plan with run in test_configs.py), its links resolve, and it stays short."""
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
 import subprocess
@@ -29,6 +30,17 @@ def help_text(script: str, *subcommand: str) -> str:
                           timeout=120).stdout
 
 
+def _script_and_subcommand(command: list[str]) -> tuple[str, tuple[str, ...]]:
+    script = next(word for word in command if word.endswith(".py"))
+    words = command[command.index(script) + 1:]
+    return script, tuple(words[:1]) if words and not words[0].startswith("-") else ()
+
+
+def _usage(command: list[str]) -> str:
+    script, subcommand = _script_and_subcommand(command)
+    return help_text(script, *subcommand)
+
+
 def test_readme_is_short_and_its_links_resolve():
     assert len(README.splitlines()) <= 150
     for link in re.findall(r"\]\(([^)#]+)\)", README):
@@ -39,14 +51,17 @@ def test_readme_is_short_and_its_links_resolve():
 
 def test_readme_commands_name_real_scripts_and_flags():
     checked = 0
+    commands = [c for c in readme_commands() if c[:3] != ["python", "-m", "pytest"] and c[:2] != ["pip", "install"]]
+    with ThreadPoolExecutor(2) as pool:  # the --help texts, two Python start-ups at a time (cached below)
+        list(pool.map(lambda command: _usage(command), commands))
     for command in readme_commands():
         if command[:3] == ["python", "-m", "pytest"] or command[:2] == ["pip", "install"]:
             continue
-        script = next(word for word in command if word.endswith(".py"))
+        script, subcommand = _script_and_subcommand(command)
         assert (ROOT / script).is_file(), script
         words = command[command.index(script) + 1:]
         flags = [w.split("=")[0] for w in words if w.startswith("--")]
-        usage = help_text(script, *words[:1] if words and not words[0].startswith("-") else ())
+        usage = _usage(command)
         for flag in flags:
             assert re.search(rf"{re.escape(flag)}\b", usage), f"{script} does not take {flag}"
         for word in command:
