@@ -1,11 +1,11 @@
 """README.md is the manual: its commands name scripts, flags and files that exist (the dry-runs they
 plan with run in test_configs.py), its links resolve, and it stays short."""
 import functools
-from concurrent.futures import ThreadPoolExecutor
 import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
