@@ -164,6 +164,12 @@ class Trainer:
         elif resume == "auto":
             self.say(f"--resume auto: no checkpoint in {checkpoint.checkpoint_dir(trainer.output_dir)}, starting fresh")
         self.ema = EMA(self.engine.module, trainer.ema_decay) if trainer.ema_decay > 0 else None
+        self.finite = None  # nan_policy skip: whether the micro-batch in backward may pass its gradients
+        if trainer.nan_policy == "skip":
+            self.finite = torch.ones((), dtype=torch.bool, device=self.device)
+            for parameter in self.engine.module.parameters():
+                if parameter.requires_grad:
+                    parameter.register_hook(self._keep_if_finite)
         if self.ema is not None and resume_dir is not None:
             if not agree(lambda: self.ema.load(resume_dir, self.rank, self.world_size), MISTAKES):
                 self.say(f"{resume_dir} has no weight average: trainer.ema_decay starts it from these weights")
@@ -204,43 +210,77 @@ class Trainer:
         self.state.tokens_seen += codes.numel() * self.world_size
         return self.engine(text, codes, sketch)[1]
 
+    def backward(self, loss: torch.Tensor, boundary: bool, finite: bool = False) -> None:
+        """Backpropagate one micro-batch; `boundary` closes the step's accumulation (DeepSpeed reduces and
+        the next engine.step() updates). Under `skip` a micro-batch not yet judged by the host passes its
+        gradients only if its loss is finite on every rank: the flag is reduced on the device, nothing waits."""
+        if self.finite is not None:
+            if finite or boundary:
+                self.finite.fill_(True)
+            else:
+                ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+                self.finite.copy_(ok[0] > 0)
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss)
+        if not boundary:
+            self.engine.step()  # not the accumulation boundary: DeepSpeed's bookkeeping only
+
+    def _keep_if_finite(self, grad: torch.Tensor) -> torch.Tensor:
+        """A parameter's gradient from this backward, or zeros when the micro-batch's loss was not finite (NaN
+        times zero is NaN, so the loss cannot simply be scaled away)."""
+        return torch.where(self.finite, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
     def train_step(self) -> dict:
         """One optimizer step: grad_accum micro-steps, each of the task the sequence draws, then the update.
 
-        The host waits for the device once per step, before the update: one all-reduce of every
-        micro-step's loss tells each rank the same losses and whether any was NaN/inf. With
-        `trainer.nan_policy: skip` a micro-batch must be judged before its backward (a skipped batch
-        leaves no gradient), so that policy also waits once per micro-step.
+        The host waits for the device once per step, before the last micro-batch's backward: one
+        all-reduce of the losses not yet judged tells every rank the same losses and which were NaN/inf.
+        Under `trainer.nan_policy: skip` the earlier micro-batches are backpropagated before that point,
+        their gradients passed on only if every rank's loss was finite (a flag all-reduced and applied on
+        the device, `_keep_if_finite`), and each bad one is replaced by the next micro-batch (another
+        wait, in steps that had one): the step averages grad_accum finite micro-batches, exactly as if
+        the bad ones had never been drawn.
         """
         trainer = self.config.trainer
-        done: list[tuple[str, int, torch.Tensor]] = []  # (task, micro-step, loss) whose gradients count
+        done: list[tuple[str, int, float]] = []  # (task, micro-step, loss summed over ranks) whose gradients count
+        unjudged: list[tuple[str, int, torch.Tensor]] = []  # backpropagated, not yet seen by the host
         skipped_in_a_row = 0
-        while len(done) < trainer.grad_accum:
+        while True:
             task = task_at(self.config.data, trainer.seed, self.state.step, self.state.micro_step)
             loss = self.forward(task)
-            if trainer.nan_policy == "skip" and not math.isfinite(self.all_reduce(loss.detach().reshape(1))[0]):
+            entry = (task, self.state.micro_step - 1, loss.detach())
+            if len(done) + len(unjudged) + 1 < trainer.grad_accum:
+                self.backward(loss, boundary=False)
+                unjudged.append(entry)
+                continue
+            judged, unjudged = [*unjudged, entry], []
+            values = self.all_reduce(torch.stack([value for _, _, value in judged]))
+            bad = [f"micro-step {m} ({task})" for (task, m, _), value in zip(judged, values) if not math.isfinite(value)]
+            if bad and trainer.nan_policy == "stop":
+                raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}, {', '.join(bad)}; stopping "
+                                         f"before the update (trainer.nan_policy: stop)")
+            for (task, m, _), value in zip(judged, values):
+                if math.isfinite(value):
+                    done.append((task, m, value))
+                    skipped_in_a_row = 0
+                    continue
                 self.state.skipped_batches += 1
                 skipped_in_a_row += 1
                 if skipped_in_a_row >= trainer.max_consecutive_skips:
                     raise FloatingPointError(f"{skipped_in_a_row} non-finite losses in a row at step "
                                              f"{self.state.step + 1}; stopping")
-                continue
-            skipped_in_a_row = 0
-            self.engine.backward(loss)
-            done.append((task, self.state.micro_step - 1, loss.detach()))
-            if len(done) < trainer.grad_accum:
-                self.engine.step()  # not the accumulation boundary: DeepSpeed's bookkeeping only
-        losses = self.all_reduce(torch.stack([loss for _, _, loss in done]))
-        bad = [f"micro-step {m} ({task})" for (task, m, _), value in zip(done, losses) if not math.isfinite(value)]
-        if bad:
-            raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}, {', '.join(bad)}; stopping "
-                                     f"before the update (trainer.nan_policy: stop)")
+            if len(done) == trainer.grad_accum:  # the last micro-batch is among them: it closes the step
+                self.backward(loss, boundary=True)
+                break
+            if math.isfinite(values[-1]):
+                self.backward(loss, boundary=False, finite=True)
         self.engine.step()
         if self.ema is not None:
             self.ema.update()
         self.state.step += 1
         by_task: dict[str, list[float]] = {}
-        for (task, _, _), value in zip(done, losses):
+        for task, _, value in done:
             by_task.setdefault(task, []).append(value / self.world_size)
         samples = {t: len(v) * self.config.data.micro_batch[t] * self.world_size for t, v in by_task.items()}
         return {"losses": by_task, "samples": samples}

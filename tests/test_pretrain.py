@@ -293,6 +293,58 @@ def test_nan_loss_is_skipped_or_stops(tmp_path, code_shards, single_process, pol
     assert samples > 0 and len(metrics(tmp_path / "run")) == 3
 
 
+def test_a_skipped_micro_batch_leaves_no_trace_and_the_host_waits_once_a_step(tmp_path, code_shards, single_process):
+    """`skip` without a wait per micro-step: the first micro-batch of step 1 is NaN and is backpropagated before the
+    host has seen its loss (its gradients zeroed on the device). The weights must equal, bit for bit, those of a run
+    that drew that micro-batch and threw it away unused; and with no bad batch the host waits once a step."""
+    from pretrain.trainer import Trainer, task_at
+
+    def trained(name, change):
+        config = load_config(write_config(tmp_path, code_shards, name=name, steps=2, checkpoint_every=100),
+                             ["--data.num_workers", "0", "--trainer.nan_policy", "skip"])
+        trainer = Trainer(config)
+        change(trainer)
+        waits = []
+        all_reduce = trainer.all_reduce
+        trainer.all_reduce = lambda values: waits.append(1) or all_reduce(values)
+        losses = [trainer.train_step()["losses"] for _ in range(2)]
+        return trainer, losses, len(waits)
+
+    def poison_first(trainer):
+        module, forward, calls = trainer.engine.module, trainer.engine.module.forward, []
+
+        def poisoned(*args, **kwargs):
+            calls.append(1)
+            logits, loss = forward(*args, **kwargs)
+            return logits, loss * float("nan") if len(calls) == 1 else loss
+        module.forward = poisoned
+
+    def discard_first(trainer):
+        forward, calls = trainer.forward, []
+
+        def discarding(task):
+            calls.append(1)
+            if len(calls) == 1:
+                forward(task)  # drawn, its loss never used
+                cfg = trainer.config
+                task = task_at(cfg.data, cfg.trainer.seed, trainer.state.step, trainer.state.micro_step)
+            return forward(task)
+        trainer.forward = discarding
+
+    skipped, skipped_losses, skipped_waits = trained("skipped", poison_first)
+    discarded, discarded_losses, _ = trained("discarded", discard_first)
+    clean, _, clean_waits = trained("clean", lambda trainer: None)
+    assert (skipped.state.skipped_batches, skipped.state.micro_step) == (1, 5)
+    # (the discarding stand-in files the replacement under the discarded batch's task: compare the values)
+    assert [sorted(sum(step.values(), [])) for step in skipped_losses] == \
+        [sorted(sum(step.values(), [])) for step in discarded_losses]
+    for (name, a), b in zip(skipped.engine.module.state_dict().items(), discarded.engine.module.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert clean_waits == 2 and skipped_waits == 3  # once a step, plus once for the step that had to replace one
+    assert any(not torch.equal(a, b) for a, b in zip(clean.engine.module.state_dict().values(),
+                                                     skipped.engine.module.state_dict().values()))
+
+
 def test_samples_are_generated_into_tensorboard(tmp_path, code_shards, single_process):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
