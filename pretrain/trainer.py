@@ -205,10 +205,16 @@ class Trainer:
         batch = self.data.next_batch(task)
         self.data_wait += time.perf_counter() - started
         self.state.micro_step += 1
-        text, codes = batch["text"].to(self.device), batch["codes"].to(self.device)
-        sketch = batch["sketch"].to(self.device) if "sketch" in batch else None  # S2I, S2V
+        text, codes = self.to_device(batch["text"]), self.to_device(batch["codes"])
+        sketch = self.to_device(batch["sketch"]) if "sketch" in batch else None  # S2I, S2V
         self.state.tokens_seen += codes.numel() * self.world_size
         return self.engine(text, codes, sketch)[1]
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the device; on CUDA through pinned memory, so the copy does not make the host wait."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def backward(self, loss: torch.Tensor, boundary: bool, finite: bool = False) -> None:
         """Backpropagate one micro-batch; `boundary` closes the step's accumulation (DeepSpeed reduces and

@@ -345,6 +345,39 @@ def test_a_skipped_micro_batch_leaves_no_trace_and_the_host_waits_once_a_step(tm
                                                      skipped.engine.module.state_dict().values()))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_on_cuda_the_host_waits_only_at_the_once_a_step_points(tmp_path, code_shards, single_process, policy):
+    """A training step under torch.cuda.set_sync_debug_mode("error"): any device→host wait raises, except in the
+    step's one all-reduce of the losses and in the update (DeepSpeed's engine.step at the boundary)."""
+    from pretrain.trainer import Trainer
+
+    config = load_config(write_config(tmp_path, code_shards, steps=3, checkpoint_every=100),
+                         ["--data.num_workers", "0", "--trainer.nan_policy", policy])
+    trainer = Trainer(config)
+    assert trainer.device.type == "cuda"
+    trainer.train_step()  # builds the 3DNA plans and caches
+
+    def allowed(function):
+        def call(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        return call
+
+    trainer.all_reduce = allowed(trainer.all_reduce)
+    engine_step = trainer.engine.step
+    trainer.engine.step = lambda *a, **k: (allowed(engine_step) if trainer.engine.is_gradient_accumulation_boundary()
+                                           else engine_step)(*a, **k)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def test_samples_are_generated_into_tensorboard(tmp_path, code_shards, single_process):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -69,6 +69,69 @@ def test_a_rank_killed_mid_run_ends_the_others(tmp_path, code_shards):
     procs[1].communicate()
 
 
+SKIP_ON_ONE_RANK = r"""
+import sys
+import torch
+from pretrain.config import load_config
+from pretrain.trainer import Trainer, task_at
+
+config_path, output = sys.argv[1:3]
+
+
+def run(name, change):
+    trainer = Trainer(load_config(config_path, ["--data.num_workers", "0", "--trainer.nan_policy", "skip",
+                                                "--trainer.ds_config", "ds_configs/zero3.json",
+                                                "--trainer.output_dir", f"{output}/{name}"]))
+    change(trainer)
+    losses = [sorted(sum(trainer.train_step()["losses"].values(), [])) for _ in range(2)]
+    local = [getattr(p, "ds_tensor", p).detach().clone() for p in trainer.engine.module.parameters()]
+    return trainer, losses, local
+
+
+def poison_first_on_rank_1(trainer):
+    forward, calls = trainer.engine.module.forward, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        logits, loss = forward(*args, **kwargs)
+        return logits, loss * float("nan") if trainer.rank == 1 and len(calls) == 1 else loss
+    trainer.engine.module.forward = poisoned
+
+
+def discard_first(trainer):
+    forward, calls = trainer.forward, []
+
+    def discarding(task):
+        calls.append(1)
+        if len(calls) == 1:
+            forward(task)
+            task = task_at(trainer.config.data, trainer.config.trainer.seed, trainer.state.step, trainer.state.micro_step)
+        return forward(task)
+    trainer.forward = discarding
+
+
+skipped, skipped_losses, skipped_weights = run("skipped", poison_first_on_rank_1)
+_, discarded_losses, discarded_weights = run("discarded", discard_first)
+same = skipped_losses == discarded_losses and all(map(torch.equal, skipped_weights, discarded_weights))
+print(f"rank {skipped.rank}: skipped {skipped.state.skipped_batches}, micro-step {skipped.state.micro_step}, "
+      f"same as discarded {same}", flush=True)
+"""
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank_under_zero3(tmp_path, code_shards):
+    """Rank 1's first micro-batch is NaN, rank 0's is not: under `nan_policy: skip` both ranks drop that micro-step
+    (decided on the device, before the host sees a loss) and end with the weights of a run that threw it away."""
+    config = write_config(tmp_path, code_shards, steps=2, checkpoint_every=100)
+    script = tmp_path / "skip_on_one_rank.py"
+    script.write_text(SKIP_ON_ONE_RANK)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(script), str(config), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    check(proc)
+    for rank in (0, 1):
+        assert f"rank {rank}: skipped 1, micro-step 5, same as discarded True" in proc.stdout, proc.stdout[-3000:]
+
+
 @pytest.mark.parametrize("override, message", [
     (["--data.micro_batch", json.dumps({"t2i": 0, "v2v": 2, "t2v": 2})], r"data.micro_batch: \{'t2i': 0\}"),
     (["--trainer.grad_accum", "0"], "trainer.grad_accum must be at least 1"),
