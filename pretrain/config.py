@@ -89,7 +89,8 @@ class TrainerConfig:
     seed: int = 0
     """Seeds the model init, the task sequence, the data order and dropout."""
     nan_policy: Literal["skip", "stop"] = "stop"
-    """On a NaN/inf loss: skip that micro-batch (counted, logged) or stop with the step named."""
+    """On a NaN/inf loss: skip that micro-batch and draw the next in its place (counted, logged) or stop with
+    the step named."""
     max_consecutive_skips: int = 10
     """`skip` still stops after this many bad micro-batches in a row."""
     timeout_s: float = 1800.0
