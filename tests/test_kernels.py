@@ -188,12 +188,14 @@ def test_flex_equals_reference_forward(q_grid, kv_grid, extent, causal, n_global
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+FUSED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU, Triton's interpreter (tests/conftest.py)
+
+
 @pytest.mark.parametrize("q_grid, kv_grid, extent, causal, n_global, wrap",
                          [case + (NO_WRAP,) for case in CASES] + WRAP_CASES)
 def test_fused_equals_reference_forward_and_backward(q_grid, kv_grid, extent, causal, n_global, wrap):
     """The Triton kernel, in Triton's interpreter on CPU (tests/conftest.py), compiled on a GPU."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tensors = [t if t is None else t.detach().to(device).requires_grad_()
+    tensors = [t if t is None else t.detach().to(FUSED_DEVICE).requires_grad_()
                for t in _inputs(q_grid, kv_grid, globals_=n_global)]
     ref_out, ref_grads = _run("reference", tensors, q_grid, kv_grid, extent, causal, wrap)
     out, grads = _run("fused", tensors, q_grid, kv_grid, extent, causal, wrap)
@@ -208,8 +210,9 @@ def test_fused_reads_the_models_layout_and_keeps_bf16_as_close_as_the_reference(
     gen = torch.Generator().manual_seed(0)
     B, H, D, grid = 2, 3, 24, (4, 5, 6)
     n = grid[0] * grid[1] * grid[2]
-    q, k, v = (t.view(B, n, H, D).transpose(1, 2) for t in torch.randn(B, n, 3 * H * D, generator=gen).chunk(3, -1))
-    kg, vg = torch.randn(2, B, H, 1, D, generator=gen)
+    projected = torch.randn(B, n, 3 * H * D, generator=gen).to(FUSED_DEVICE)
+    q, k, v = (t.view(B, n, H, D).transpose(1, 2) for t in projected.chunk(3, -1))
+    kg, vg = torch.randn(2, B, H, 1, D, generator=gen).to(FUSED_DEVICE)
     results = {}
     for name, backend, dtype in (("fp32", "reference", torch.float32), ("fused fp32", "fused", torch.float32),
                                  ("reference bf16", "reference", torch.bfloat16), ("fused bf16", "fused", torch.bfloat16)):
