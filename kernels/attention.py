@@ -77,7 +77,7 @@ def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, bac
     k_global/v_global [B,h,G,D] are keys every query sees (the decoder's <bos>). Causal attention
     must come with at least one global key: the first query has no earlier key of its own.
     key_mask [B, Nk] (False = padding, which no query reads) is for short condition grids, the
-    77-slot text: such calls take the dense path, whatever `backend` says. `wrap` (time, row, column)
+    77-slot text: such calls take the dense path unless `backend` is "fused". `wrap` (time, row, column)
     continues windows past the border on the other side (kernels/mask.py).
     """
     q_grid, kv_grid = check_grid(q_grid, "q_grid"), check_grid(kv_grid, "kv_grid")
@@ -88,6 +88,9 @@ def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, bac
         raise ValueError(f"causal attention needs q_grid == kv_grid, got {q_grid} and {kv_grid}")
     if causal and k_global is None:
         raise ValueError("causal=True needs k_global/v_global: the first query has no earlier key")
+    if backend == "fused":
+        from kernels.fused import fused_nearby_attention
+        return fused_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, key_mask, wrap)
     if key_mask is not None:
         return reference_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, key_mask, wrap)
     if backend is None:
@@ -103,8 +106,5 @@ def nearby_attention(q, k, v, q_grid, kv_grid, extent, causal: bool = False, bac
     if backend == "flex":
         from kernels.flex import flex_nearby_attention
         return flex_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap)
-    if backend == "fused":
-        from kernels.fused import fused_nearby_attention
-        return fused_nearby_attention(q, k, v, q_grid, kv_grid, extent, causal, k_global, v_global, wrap)
     raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 

@@ -36,11 +36,11 @@ MASKED = tl.constexpr(-1.0e30)  # a score no visible key reaches; finite, so tha
 
 
 @triton.jit
-def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS,
+def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS, KEY_MASK,
                     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sg_b, sg_h, sg_n, so_b, so_h, so_n,
-                    n_heads, n_q, scale,
-                    SLOTS: tl.constexpr, N_GLOBAL: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                    BLOCK_Q: tl.constexpr):
+                    n_heads, n_q, n_k, scale,
+                    SLOTS: tl.constexpr, N_GLOBAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr,
+                    D_PAD: tl.constexpr, BLOCK_Q: tl.constexpr):
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // n_heads, bh % n_heads
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -65,6 +65,8 @@ def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS,
     for slot in range(SLOTS):
         key = tl.load(KEYS + query * SLOTS + slot, mask=row_ok, other=-1).to(tl.int64)
         ok = key >= 0
+        if HAS_KEY_MASK:  # padding slots of a caption are no key
+            ok = ok & (tl.load(KEY_MASK + b * n_k + key, mask=ok, other=0) != 0)
         k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :],
                     mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
         v = tl.load(V + b * sv_b + h * sv_h + key[:, None] * sv_n + d[None, :],
@@ -82,10 +84,11 @@ def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS,
 
 
 @triton.jit
-def _window_backward_query(Q, K, V, DO, DQ, LSE, DELTA, Q_ORDER, KEYS,
+def _window_backward_query(Q, K, V, DO, DQ, LSE, DELTA, Q_ORDER, KEYS, KEY_MASK,
                            sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n,
-                           sdq_b, sdq_h, sdq_n, n_heads, n_q, scale, sm_scale,
-                           SLOTS: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_Q: tl.constexpr):
+                           sdq_b, sdq_h, sdq_n, n_heads, n_q, n_k, scale, sm_scale,
+                           SLOTS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                           BLOCK_Q: tl.constexpr):
     """dQ (fp32) from the window keys; the globals' share is added outside."""
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // n_heads, bh % n_heads
@@ -102,6 +105,8 @@ def _window_backward_query(Q, K, V, DO, DQ, LSE, DELTA, Q_ORDER, KEYS,
     for slot in range(SLOTS):
         key = tl.load(KEYS + query * SLOTS + slot, mask=row_ok, other=-1).to(tl.int64)
         ok = key >= 0
+        if HAS_KEY_MASK:
+            ok = ok & (tl.load(KEY_MASK + b * n_k + key, mask=ok, other=0) != 0)
         key_d = ok[:, None] & (d < D)[None, :]
         k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :], mask=key_d, other=0.0).to(tl.float32)
         v = tl.load(V + b * sv_b + h * sv_h + key[:, None] * sv_n + d[None, :], mask=key_d, other=0.0).to(tl.float32)
@@ -112,16 +117,20 @@ def _window_backward_query(Q, K, V, DO, DQ, LSE, DELTA, Q_ORDER, KEYS,
 
 
 @triton.jit
-def _window_backward_key(Q, K, V, DO, DK, DV, LSE, DELTA, K_ORDER, READERS,
+def _window_backward_key(Q, K, V, DO, DK, DV, LSE, DELTA, K_ORDER, READERS, KEY_MASK,
                          sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n,
                          sdk_b, sdk_h, sdk_n, sdv_b, sdv_h, sdv_n, n_heads, n_q, n_k, scale, sm_scale,
-                         N_READERS: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dK and dV of the grid keys, each from the queries that read it."""
+                         N_READERS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """dK and dV of the grid keys, each from the queries that read it (zero for a padding key)."""
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // n_heads, bh % n_heads
     rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < n_k
     key = tl.load(K_ORDER + rows, mask=row_ok, other=0).to(tl.int64)
+    key_ok = row_ok
+    if HAS_KEY_MASK:
+        key_ok = key_ok & (tl.load(KEY_MASK + b * n_k + key, mask=row_ok, other=0) != 0)
     d = tl.arange(0, D_PAD)
     row_d = row_ok[:, None] & (d < D)[None, :]
     k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :], mask=row_d, other=0.0).to(tl.float32)
@@ -129,7 +138,7 @@ def _window_backward_key(Q, K, V, DO, DK, DV, LSE, DELTA, K_ORDER, READERS,
     dk = tl.zeros([BLOCK_K, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_K, D_PAD], tl.float32)
     for slot in range(N_READERS):
-        query = tl.load(READERS + key * N_READERS + slot, mask=row_ok, other=-1).to(tl.int64)
+        query = tl.load(READERS + key * N_READERS + slot, mask=key_ok, other=-1).to(tl.int64)
         ok = query >= 0
         query_d = ok[:, None] & (d < D)[None, :]
         q = tl.load(Q + b * sq_b + h * sq_h + query[:, None] * sq_n + d[None, :], mask=query_d, other=0.0).to(tl.float32)
@@ -157,26 +166,30 @@ def _rows_last(t: torch.Tensor) -> torch.Tensor:
 
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, k_global, v_global, plan):
+    def forward(ctx, q, k, v, k_global, v_global, key_mask, plan):
         B, H, n_q, D = q.shape
+        n_k = k.shape[2]
         n_global = 0 if k_global is None else k_global.shape[2]
+        mask = plan.keys if key_mask is None else key_mask  # unread without a key_mask
         kg, vg = (k_global, v_global) if n_global else (k, v)  # unread when there are no globals
         out = q.new_empty(B, n_q, H, D).transpose(1, 2)  # the model's [B, N, h·D] after a free reshape
         lse = torch.empty(B * H, n_q, device=q.device, dtype=torch.float32)
         sm_scale = 1.0 / math.sqrt(D)
         _window_forward[(triton.cdiv(n_q, BLOCK), B * H)](
-            q, k, v, kg, vg, out, lse, plan.q_order, plan.keys,
+            q, k, v, kg, vg, out, lse, plan.q_order, plan.keys, mask,
             *_strides(q), *_strides(k), *_strides(v), *_strides(kg), *_strides(out),
-            H, n_q, sm_scale * LOG2_E,
-            SLOTS=plan.slots, N_GLOBAL=n_global, D=D, D_PAD=triton.next_power_of_2(D), BLOCK_Q=BLOCK)
-        ctx.save_for_backward(q, k, v, k_global, v_global, out, lse)
+            H, n_q, n_k, sm_scale * LOG2_E,
+            SLOTS=plan.slots, N_GLOBAL=n_global, HAS_KEY_MASK=key_mask is not None, D=D,
+            D_PAD=triton.next_power_of_2(D), BLOCK_Q=BLOCK)
+        ctx.save_for_backward(q, k, v, k_global, v_global, key_mask, out, lse)
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, k_global, v_global, out, lse = ctx.saved_tensors
+        q, k, v, k_global, v_global, key_mask, out, lse = ctx.saved_tensors
         plan = ctx.plan
+        mask = plan.keys if key_mask is None else key_mask
         B, H, n_q, D = q.shape
         n_k = k.shape[2]
         grad_out = _rows_last(grad_out)
@@ -185,12 +198,13 @@ class _WindowAttention(torch.autograd.Function):
         dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
-        meta = dict(D=D, D_PAD=triton.next_power_of_2(D))
+        meta = dict(HAS_KEY_MASK=key_mask is not None, D=D, D_PAD=triton.next_power_of_2(D))
         _window_backward_query[(triton.cdiv(n_q, BLOCK), B * H)](
-            q, k, v, grad_out, dq, lse, delta, plan.q_order, plan.keys, *strides, *_strides(dq),
-            H, n_q, sm_scale * LOG2_E, sm_scale, SLOTS=plan.slots, BLOCK_Q=BLOCK, **meta)
+            q, k, v, grad_out, dq, lse, delta, plan.q_order, plan.keys, mask, *strides, *_strides(dq),
+            H, n_q, n_k, sm_scale * LOG2_E, sm_scale, SLOTS=plan.slots, BLOCK_Q=BLOCK, **meta)
         _window_backward_key[(triton.cdiv(n_k, BLOCK), B * H)](
-            q, k, v, grad_out, dk, dv, lse, delta, plan.k_order, plan.readers, *strides, *_strides(dk), *_strides(dv),
+            q, k, v, grad_out, dk, dv, lse, delta, plan.k_order, plan.readers, mask, *strides, *_strides(dk),
+            *_strides(dv),
             H, n_q, n_k, sm_scale * LOG2_E, sm_scale, N_READERS=plan.readers.shape[1], BLOCK_K=BLOCK, **meta)
         dk_global = dv_global = None
         if k_global is not None:  # [Nq, G] probabilities: small enough for plain PyTorch
@@ -200,13 +214,13 @@ class _WindowAttention(torch.autograd.Function):
             dq += sm_scale * ds @ k_global.float()
             dk_global = (sm_scale * ds.transpose(2, 3) @ qf).to(k_global.dtype)
             dv_global = (p.transpose(2, 3) @ dof).to(v_global.dtype)
-        return dq.to(q.dtype), dk, dv, dk_global, dv_global, None
+        return dq.to(q.dtype), dk, dv, dk_global, dv_global, None, None
 
 
 @torch.compiler.disable  # a Triton call and a cached plan: compiled graphs break around it
 def fused_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool,
-                           k_global=None, v_global=None, wrap=NO_WRAP) -> torch.Tensor:
-    """Same contract as `nearby_attention` (no key_mask); CUDA, or CPU under TRITON_INTERPRET=1."""
+                           k_global=None, v_global=None, key_mask=None, wrap=NO_WRAP) -> torch.Tensor:
+    """Same contract as `nearby_attention`; CUDA, or CPU under TRITON_INTERPRET=1."""
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend 'fused' is a Triton kernel: it needs a CUDA device (on CPU, only Triton's slow "
                          "interpreter runs it, with TRITON_INTERPRET=1 set before kernels.fused is imported); "
@@ -215,4 +229,6 @@ def fused_nearby_attention(q, k, v, q_grid: Grid, kv_grid: Grid, extent: Extent,
     q, k, v = _rows_last(q), _rows_last(k), _rows_last(v)
     if k_global is not None:
         k_global, v_global = _rows_last(k_global), _rows_last(v_global)
-    return _WindowAttention.apply(q, k, v, k_global, v_global, plan)
+    if key_mask is not None:
+        key_mask = key_mask.to(torch.uint8).contiguous()
+    return _WindowAttention.apply(q, k, v, k_global, v_global, key_mask, plan)

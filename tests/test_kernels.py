@@ -204,6 +204,31 @@ def test_fused_equals_reference_forward_and_backward(q_grid, kv_grid, extent, ca
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("q_grid, extent, causal, n_global", [
+    ((1, 1, 13), (1, 1, None), False, 0),   # the text encoder
+    ((1, 1, 13), (1, 1, 5), True, 1),
+    ((2, 3, 4), (1, 1, None), False, 0),    # a video decoder reading the caption
+])
+def test_fused_key_mask_equals_reference(q_grid, extent, causal, n_global):
+    """Captions of 4 and 13 tokens in 13 slots: the padding slots are no keys, forward and backward."""
+    kv_grid = (1, 1, 13)
+    q, k, v, kg, vg = (t if t is None else t.detach().to(FUSED_DEVICE)
+                       for t in _inputs(q_grid, kv_grid, globals_=n_global))
+    key_mask = (torch.arange(13) < torch.tensor([4, 13])[:, None]).to(FUSED_DEVICE)
+    results = []
+    for backend in ("reference", "fused"):
+        leaves = [t if t is None else t.clone().requires_grad_() for t in (q, k, v, kg, vg)]
+        out = nearby_attention(*leaves[:3], q_grid, kv_grid, extent, causal, backend=backend, k_global=leaves[3],
+                               v_global=leaves[4], key_mask=key_mask)
+        weights = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
+        results.append((out, torch.autograd.grad((out * weights).sum(), [t for t in leaves if t is not None])))
+    (ref, ref_grads), (out, grads) = results
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    assert grads[1][0, :, 4:].abs().max() == 0  # a padding key gets no gradient
+
+
 def test_fused_reads_the_models_layout_and_keeps_bf16_as_close_as_the_reference():
     """q/k/v as the model passes them (head views of one [B, N, 3·h·D] projection, not contiguous), an odd head
     size: fp32 equals the reference; in bf16 the kernel is no further from the fp32 result than dense SDPA in bf16."""
@@ -256,7 +281,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels import fused
 
-CONSTANTS = dict(SLOTS=13, N_GLOBAL=1, N_READERS=13, D=64, D_PAD=64, BLOCK_Q=64, BLOCK_K=64)
+CONSTANTS = dict(SLOTS=13, N_GLOBAL=1, N_READERS=13, HAS_KEY_MASK=True, D=64, D_PAD=64, BLOCK_Q=64, BLOCK_K=64)
 FP32 = {"LSE", "DELTA", "DQ"}
 for arch in (80, 90):
     for kernel in (fused._window_forward, fused._window_backward_query, fused._window_backward_key):
@@ -266,7 +291,7 @@ for arch in (80, 90):
                 signature[name], constants[name] = "constexpr", CONSTANTS[name]
             elif name.isupper():  # a tensor: Triton specialises 16-byte-aligned pointers and strides as we pass them
                 signature[name] = "*i32" if name in ("Q_ORDER", "KEYS", "K_ORDER", "READERS") else (
-                    "*fp32" if name in FP32 else "*bf16")
+                    "*u8" if name == "KEY_MASK" else "*fp32" if name in FP32 else "*bf16")
                 attrs[(i,)] = [["tt.divisibility", 16]]
             elif name in ("scale", "sm_scale"):
                 signature[name] = "fp32"
