@@ -36,41 +36,67 @@ MASKED = tl.constexpr(-1.0e30)  # a score no visible key reaches; finite, so tha
 
 
 @triton.jit
+def _program_rows(ORDER, n, n_heads, BLOCK: tl.constexpr):
+    """This program's batch·head, batch and head, and its BLOCK token ids of ORDER (with which are in range)."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = rows < n
+    token = tl.load(ORDER + rows, mask=in_range, other=0).to(tl.int64)
+    return bh, bh // n_heads, bh % n_heads, token, in_range
+
+
+@triton.jit
+def _gather(T, b, h, s_b, s_h, s_n, token, valid, D: tl.constexpr, D_PAD: tl.constexpr):
+    """Rows `token` of head (b, h) of a [B, heads, N, D] tensor, as fp32 [len(token), D_PAD]; zeros where not valid."""
+    d = tl.arange(0, D_PAD)
+    return tl.load(T + b * s_b + h * s_h + token[:, None] * s_n + d[None, :], mask=valid[:, None] & (d < D)[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _scatter(T, b, h, s_b, s_h, s_n, token, valid, rows, D: tl.constexpr, D_PAD: tl.constexpr):
+    d = tl.arange(0, D_PAD)
+    tl.store(T + b * s_b + h * s_h + token[:, None] * s_n + d[None, :], rows.to(T.dtype.element_ty),
+             mask=valid[:, None] & (d < D)[None, :])
+
+
+@triton.jit
+def _slot(TABLE, WIDTH: tl.constexpr, token, in_range, slot, KEY_MASK, b, n_k, IS_KEY: tl.constexpr,
+          HAS_KEY_MASK: tl.constexpr):
+    """Entry `slot` of each token's row of TABLE (-1: none), and whether it is a pair to compute: an entry, and
+    not a caption's padding key (KEY_MASK, when the entries are keys)."""
+    other = tl.load(TABLE + token * WIDTH + slot, mask=in_range, other=-1).to(tl.int64)
+    ok = other >= 0
+    if HAS_KEY_MASK and IS_KEY:
+        ok = ok & (tl.load(KEY_MASK + b * n_k + other, mask=ok, other=0) != 0)
+    return other, ok
+
+
+@triton.jit
 def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS, KEY_MASK,
                     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sg_b, sg_h, sg_n, so_b, so_h, so_n,
                     n_heads, n_q, n_k, scale,
                     SLOTS: tl.constexpr, N_GLOBAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr,
                     D_PAD: tl.constexpr, BLOCK_Q: tl.constexpr):
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_ok = rows < n_q
-    query = tl.load(Q_ORDER + rows, mask=row_ok, other=0).to(tl.int64)
-    d = tl.arange(0, D_PAD)
-    d_ok = d < D
-    q = tl.load(Q + b * sq_b + h * sq_h + query[:, None] * sq_n + d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32) * scale  # log2 units
+    bh, b, h, query, in_range = _program_rows(Q_ORDER, n_q, n_heads, BLOCK_Q)
+    q = _gather(Q, b, h, sq_b, sq_h, sq_n, query, in_range, D, D_PAD) * scale  # scores in log2 units
     m = tl.full([BLOCK_Q], MASKED, tl.float32)
     l = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, D_PAD], tl.float32)
     for g in range(N_GLOBAL):  # every query sees the global keys
-        kg = tl.load(KG + b * sg_b + h * sg_h + g * sg_n + d, mask=d_ok, other=0.0).to(tl.float32)
-        vg = tl.load(VG + b * sg_b + h * sg_h + g * sg_n + d, mask=d_ok, other=0.0).to(tl.float32)
-        s = tl.sum(q * kg[None, :], 1)
+        first = tl.zeros([BLOCK_Q], tl.int64) + g
+        k, v = (_gather(KG, b, h, sg_b, sg_h, sg_n, first, in_range, D, D_PAD),
+                _gather(VG, b, h, sg_b, sg_h, sg_n, first, in_range, D, D_PAD))
+        s = tl.sum(q * k, 1)
         m_new = tl.maximum(m, s)
         alpha, p = tl.exp2(m - m_new), tl.exp2(s - m_new)
         l = l * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * vg[None, :]
+        acc = acc * alpha[:, None] + p[:, None] * v
         m = m_new
-    for slot in range(SLOTS):
-        key = tl.load(KEYS + query * SLOTS + slot, mask=row_ok, other=-1).to(tl.int64)
-        ok = key >= 0
-        if HAS_KEY_MASK:  # padding slots of a caption are no key
-            ok = ok & (tl.load(KEY_MASK + b * n_k + key, mask=ok, other=0) != 0)
-        k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        v = tl.load(V + b * sv_b + h * sv_h + key[:, None] * sv_n + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    for slot in range(SLOTS):  # online softmax over each query's window, one key a slot
+        key, ok = _slot(KEYS, SLOTS, query, in_range, slot, KEY_MASK, b, n_k, True, HAS_KEY_MASK)
+        k, v = (_gather(K, b, h, sk_b, sk_h, sk_n, key, ok, D, D_PAD),
+                _gather(V, b, h, sv_b, sv_h, sv_n, key, ok, D, D_PAD))
         s = tl.where(ok, tl.sum(q * k, 1), MASKED)
         m_new = tl.maximum(m, s)
         alpha, p = tl.exp2(m - m_new), tl.where(ok, tl.exp2(s - m_new), 0.0)
@@ -78,9 +104,8 @@ def _window_forward(Q, K, V, KG, VG, O, LSE, Q_ORDER, KEYS, KEY_MASK,
         acc = acc * alpha[:, None] + p[:, None] * v
         m = m_new
     l = tl.where(l > 0, l, 1.0)  # only rows past the end have no key
-    tl.store(O + b * so_b + h * so_h + query[:, None] * so_n + d[None, :], (acc / l[:, None]).to(O.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + bh * n_q + query, m + tl.log2(l), mask=row_ok)
+    _scatter(O, b, h, so_b, so_h, so_n, query, in_range, acc / l[:, None], D, D_PAD)
+    tl.store(LSE + bh * n_q + query, m + tl.log2(l), mask=in_range)
 
 
 @triton.jit
@@ -90,30 +115,20 @@ def _window_backward_query(Q, K, V, DO, DQ, LSE, DELTA, Q_ORDER, KEYS, KEY_MASK,
                            SLOTS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                            BLOCK_Q: tl.constexpr):
     """dQ (fp32) from the window keys; the globals' share is added outside."""
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_ok = rows < n_q
-    query = tl.load(Q_ORDER + rows, mask=row_ok, other=0).to(tl.int64)
-    d = tl.arange(0, D_PAD)
-    row_d = row_ok[:, None] & (d < D)[None, :]
-    q = tl.load(Q + b * sq_b + h * sq_h + query[:, None] * sq_n + d[None, :], mask=row_d, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + query[:, None] * sdo_n + d[None, :], mask=row_d, other=0.0).to(tl.float32)
-    lse = tl.load(LSE + bh * n_q + query, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + bh * n_q + query, mask=row_ok, other=0.0)
+    bh, b, h, query, in_range = _program_rows(Q_ORDER, n_q, n_heads, BLOCK_Q)
+    q = _gather(Q, b, h, sq_b, sq_h, sq_n, query, in_range, D, D_PAD)
+    do = _gather(DO, b, h, sdo_b, sdo_h, sdo_n, query, in_range, D, D_PAD)
+    lse = tl.load(LSE + bh * n_q + query, mask=in_range, other=0.0)
+    delta = tl.load(DELTA + bh * n_q + query, mask=in_range, other=0.0)
     dq = tl.zeros([BLOCK_Q, D_PAD], tl.float32)
     for slot in range(SLOTS):
-        key = tl.load(KEYS + query * SLOTS + slot, mask=row_ok, other=-1).to(tl.int64)
-        ok = key >= 0
-        if HAS_KEY_MASK:
-            ok = ok & (tl.load(KEY_MASK + b * n_k + key, mask=ok, other=0) != 0)
-        key_d = ok[:, None] & (d < D)[None, :]
-        k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :], mask=key_d, other=0.0).to(tl.float32)
-        v = tl.load(V + b * sv_b + h * sv_h + key[:, None] * sv_n + d[None, :], mask=key_d, other=0.0).to(tl.float32)
+        key, ok = _slot(KEYS, SLOTS, query, in_range, slot, KEY_MASK, b, n_k, True, HAS_KEY_MASK)
+        k, v = (_gather(K, b, h, sk_b, sk_h, sk_n, key, ok, D, D_PAD),
+                _gather(V, b, h, sv_b, sv_h, sv_n, key, ok, D, D_PAD))
         p = tl.where(ok, tl.exp2(tl.sum(q * k, 1) * scale - lse), 0.0)
         ds = p * (tl.sum(do * v, 1) - delta)
         dq += ds[:, None] * k
-    tl.store(DQ + b * sdq_b + h * sdq_h + query[:, None] * sdq_n + d[None, :], dq * sm_scale, mask=row_d)
+    _scatter(DQ, b, h, sdq_b, sdq_h, sdq_n, query, in_range, dq * sm_scale, D, D_PAD)
 
 
 @triton.jit
@@ -123,36 +138,26 @@ def _window_backward_key(Q, K, V, DO, DK, DV, LSE, DELTA, K_ORDER, READERS, KEY_
                          N_READERS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                          BLOCK_K: tl.constexpr):
     """dK and dV of the grid keys, each from the queries that read it (zero for a padding key)."""
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
-    rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < n_k
-    key = tl.load(K_ORDER + rows, mask=row_ok, other=0).to(tl.int64)
-    key_ok = row_ok
+    bh, b, h, key, in_range = _program_rows(K_ORDER, n_k, n_heads, BLOCK_K)
+    is_key = in_range
     if HAS_KEY_MASK:
-        key_ok = key_ok & (tl.load(KEY_MASK + b * n_k + key, mask=row_ok, other=0) != 0)
-    d = tl.arange(0, D_PAD)
-    row_d = row_ok[:, None] & (d < D)[None, :]
-    k = tl.load(K + b * sk_b + h * sk_h + key[:, None] * sk_n + d[None, :], mask=row_d, other=0.0).to(tl.float32)
-    v = tl.load(V + b * sv_b + h * sv_h + key[:, None] * sv_n + d[None, :], mask=row_d, other=0.0).to(tl.float32)
+        is_key = is_key & (tl.load(KEY_MASK + b * n_k + key, mask=in_range, other=0) != 0)
+    k = _gather(K, b, h, sk_b, sk_h, sk_n, key, in_range, D, D_PAD)
+    v = _gather(V, b, h, sv_b, sv_h, sv_n, key, in_range, D, D_PAD)
     dk = tl.zeros([BLOCK_K, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_K, D_PAD], tl.float32)
     for slot in range(N_READERS):
-        query = tl.load(READERS + key * N_READERS + slot, mask=key_ok, other=-1).to(tl.int64)
-        ok = query >= 0
-        query_d = ok[:, None] & (d < D)[None, :]
-        q = tl.load(Q + b * sq_b + h * sq_h + query[:, None] * sq_n + d[None, :], mask=query_d, other=0.0).to(tl.float32)
-        do = tl.load(DO + b * sdo_b + h * sdo_h + query[:, None] * sdo_n + d[None, :], mask=query_d,
-                     other=0.0).to(tl.float32)
+        query, ok = _slot(READERS, N_READERS, key, is_key, slot, KEY_MASK, b, n_k, False, HAS_KEY_MASK)
+        q = _gather(Q, b, h, sq_b, sq_h, sq_n, query, ok, D, D_PAD)
+        do = _gather(DO, b, h, sdo_b, sdo_h, sdo_n, query, ok, D, D_PAD)
         lse = tl.load(LSE + bh * n_q + query, mask=ok, other=0.0)
         delta = tl.load(DELTA + bh * n_q + query, mask=ok, other=0.0)
         p = tl.where(ok, tl.exp2(tl.sum(q * k, 1) * scale - lse), 0.0)
         dv += p[:, None] * do
         ds = p * (tl.sum(do * v, 1) - delta)
         dk += ds[:, None] * q
-    tl.store(DK + b * sdk_b + h * sdk_h + key[:, None] * sdk_n + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=row_d)
-    tl.store(DV + b * sdv_b + h * sdv_h + key[:, None] * sdv_n + d[None, :], dv.to(DV.dtype.element_ty), mask=row_d)
+    _scatter(DK, b, h, sdk_b, sdk_h, sdk_n, key, in_range, dk * sm_scale, D, D_PAD)
+    _scatter(DV, b, h, sdv_b, sdv_h, sdv_n, key, in_range, dv, D, D_PAD)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
