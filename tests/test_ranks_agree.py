@@ -80,7 +80,7 @@ config_path, output = sys.argv[1:3]
 
 def run(name, change):
     trainer = Trainer(load_config(config_path, ["--data.num_workers", "0", "--trainer.nan_policy", "skip",
-                                                "--trainer.ds_config", "ds_configs/zero3.json",
+                                                "--trainer.ds_config", f"{output}/zero3.json",
                                                 "--trainer.output_dir", f"{output}/{name}"]))
     change(trainer)
     losses = [sorted(sum(trainer.train_step()["losses"].values(), [])) for _ in range(2)]
@@ -120,8 +120,12 @@ print(f"rank {skipped.rank}: skipped {skipped.state.skipped_batches}, micro-step
 
 def test_a_nan_on_one_rank_is_skipped_by_every_rank_under_zero3(tmp_path, code_shards):
     """Rank 1's first micro-batch is NaN, rank 0's is not: under `nan_policy: skip` both ranks drop that micro-step
-    (decided on the device, before the host sees a loss) and end with the weights of a run that threw it away."""
+    (decided on the device, before the host sees a loss) and end with the weights of a run that threw it away;
+    every parameter is partitioned, so the gradient hooks meet ZeRO-3's own."""
     config = write_config(tmp_path, code_shards, steps=2, checkpoint_every=100)
+    zero3 = json.loads((ROOT / "ds_configs/zero3.json").read_text())
+    zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # every parameter partitioned
+    (tmp_path / "zero3.json").write_text(json.dumps(zero3))
     script = tmp_path / "skip_on_one_rank.py"
     script.write_text(SKIP_ON_ONE_RANK)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
