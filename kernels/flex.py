@@ -1,8 +1,8 @@
 """The CUDA 3DNA path: FlexAttention with a block-sparse mask built once per grid shape.
 
-The mask_mod reads the canonical rule (DESIGN.md) from small per-token lookup tables, so
-FlexAttention skips every (query block, key block) pair with no visible key. Global keys are
-placed first. Blocks are FlexAttention's default 128 tokens (about 6 rows of a 21×21 frame).
+The mask_mod looks the canonical per-axis windows up (kernels/mask.py's `axis_visibility`, small
+[n_q, n_k] tables per axis), so FlexAttention skips every (query block, key block) pair with no
+visible key. Global keys are placed first. Blocks are FlexAttention's default 128 tokens (about 6 rows of a 21×21 frame).
 On an H200 (torch 2.11) smaller blocks did not compile: 64-token blocks fail against the
 kernel's 128-wide tiles, and with 64-wide tiles passed as `kernel_options` inductor found no
 valid configuration. Compiled flex needs head sizes of at least 16. On CPU, FlexAttention runs
@@ -15,34 +15,26 @@ import functools
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from kernels.mask import NO_WRAP, Extent, Grid
+from kernels.mask import NO_WRAP, Extent, Grid, axis_visibility
 
 
 @functools.lru_cache(maxsize=64)
 def build_block_mask(q_grid: Grid, kv_grid: Grid, extent: Extent, causal: bool, n_global: int,
                      device: torch.device, wrap=NO_WRAP) -> BlockMask:
     """BlockMask over [G globals, Nk grid keys] for queries in raster order."""
-    (Sq, Hq, Wq), (Sk, Hk, Wk) = q_grid, kv_grid
-    q = torch.arange(Sq * Hq * Wq, device=device)
-    # Floor projection of each query onto the key grid, per axis.
-    centre = (q // (Hq * Wq) * Sk // Sq, q // Wq % Hq * Hk // Hq, q % Wq * Wk // Wq)
-    radius = [n if e is None else (e - 1) // 2 for e, n in zip(extent, kv_grid)]
+    (_, Hq, Wq), (_, Hk, Wk) = q_grid, kv_grid
+    # The canonical per-axis windows (kernels/mask.py), looked up per (query, key) coordinate pair.
+    s, h, w = (axis_visibility(nq, nk, e, device, r) for nq, nk, e, r in zip(q_grid, kv_grid, extent, wrap))
 
-    def within(k_axis, axis, q_idx):
-        distance = (k_axis - centre[axis][q_idx]).abs()
-        if wrap[axis]:  # the short way round
-            distance = torch.minimum(distance, kv_grid[axis] - distance)
-        return distance <= radius[axis]
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        k = kv_idx - n_global
-        k_s, k_h, k_w = k // (Hk * Wk), k // Wk % Hk, k % Wk
-        near = within(k_s, 0, q_idx) & within(k_h, 1, q_idx) & within(k_w, 2, q_idx)
+    def mask_mod(b, h_, q_idx, kv_idx):
+        k = (kv_idx - n_global).clamp(min=0)
+        near = (s[q_idx // (Hq * Wq), k // (Hk * Wk)] & h[q_idx // Wq % Hq, k // Wk % Hk] & w[q_idx % Wq, k % Wk])
         if causal:
             near = near & (k < q_idx)
-        return (kv_idx < n_global) | ((k >= 0) & near)
+        return (kv_idx < n_global) | ((kv_idx >= n_global) & near)
 
-    return create_block_mask(mask_mod, None, None, Sq * Hq * Wq, n_global + Sk * Hk * Wk, device=device)
+    return create_block_mask(mask_mod, None, None, q_grid[0] * Hq * Wq, n_global + kv_grid[0] * Hk * Wk,
+                             device=device)
 
 
 @functools.cache
