@@ -2,11 +2,11 @@
 
 The mask_mod looks the canonical per-axis windows up (kernels/mask.py's `axis_visibility`, small
 [n_q, n_k] tables per axis), so FlexAttention skips every (query block, key block) pair with no
-visible key. Global keys are placed first. Blocks are FlexAttention's default 128 tokens (about 6 rows of a 21×21 frame).
-On an H200 (torch 2.11) smaller blocks did not compile: 64-token blocks fail against the
-kernel's 128-wide tiles, and with 64-wide tiles passed as `kernel_options` inductor found no
-valid configuration. Compiled flex needs head sizes of at least 16. On CPU, FlexAttention runs
-forward only (tests use that).
+visible key. Global keys are placed first. Blocks are FlexAttention's default 128 tokens (about 6
+rows of a 21×21 frame). On an H200 (torch 2.11) smaller blocks did not compile: 64-token blocks
+fail against the kernel's 128-wide tiles, and with 64-wide tiles passed as `kernel_options`
+inductor found no valid configuration. Compiled flex needs head sizes of at least 16. On CPU,
+FlexAttention runs forward only (tests use that).
 """
 from __future__ import annotations
 

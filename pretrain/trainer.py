@@ -262,7 +262,8 @@ class Trainer:
                 continue
             judged, unjudged = [*unjudged, entry], []
             values = self.all_reduce(torch.stack([value for _, _, value in judged]))
-            bad = [f"micro-step {m} ({task})" for (task, m, _), value in zip(judged, values) if not math.isfinite(value)]
+            bad = [f"micro-step {m} ({task})" for (task, m, _), value in zip(judged, values)
+                   if not math.isfinite(value)]
             if bad and trainer.nan_policy == "stop":
                 raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}, {', '.join(bad)}; stopping "
                                          f"before the update (trainer.nan_policy: stop)")

@@ -239,8 +239,9 @@ def test_fused_reads_the_models_layout_and_keeps_bf16_as_close_as_the_reference(
     q, k, v = (t.view(B, n, H, D).transpose(1, 2) for t in projected.chunk(3, -1))
     kg, vg = torch.randn(2, B, H, 1, D, generator=gen).to(FUSED_DEVICE)
     results = {}
-    for name, backend, dtype in (("fp32", "reference", torch.float32), ("fused fp32", "fused", torch.float32),
-                                 ("reference bf16", "reference", torch.bfloat16), ("fused bf16", "fused", torch.bfloat16)):
+    runs = (("fp32", "reference", torch.float32), ("fused fp32", "fused", torch.float32),
+            ("reference bf16", "reference", torch.bfloat16), ("fused bf16", "fused", torch.bfloat16))
+    for name, backend, dtype in runs:
         results[name] = _run(backend, [t.to(dtype).requires_grad_() for t in (q, k, v, kg, vg)], grid, grid, (3, 3, 3),
                              True)
     exact = [results["fp32"][0], *results["fp32"][1]]

@@ -105,7 +105,8 @@ def discard_first(trainer):
         calls.append(1)
         if len(calls) == 1:
             forward(task)
-            task = task_at(trainer.config.data, trainer.config.trainer.seed, trainer.state.step, trainer.state.micro_step)
+            config = trainer.config
+            task = task_at(config.data, config.trainer.seed, trainer.state.step, trainer.state.micro_step)
         return forward(task)
     trainer.forward = discarding
 
