@@ -27,10 +27,10 @@ import triton
 import triton.language as tl
 
 from kernels.mask import NO_WRAP, Extent, Grid
-from kernels.neighbours import build_window_plan
+from kernels.neighbours import TILE, build_window_plan
 
-BLOCK = 64
-"""Queries (keys, backward) per program: one TILE box of kernels/neighbours.py."""
+BLOCK = math.prod(TILE)
+"""Queries (keys, backward) per program: one TILE box of kernels/neighbours.py, 64 tokens."""
 LOG2_E = 1.4426950408889634
 MASKED = tl.constexpr(-1.0e30)  # a score no visible key reaches; finite, so that a running maximum is never -inf
 

@@ -5,8 +5,9 @@ reference all Nq × (G + Nk) pairs, `blocked` its tiles × tile queries × slab 
 pairs included), FlexAttention 128 × 128 for every (query block, key block) pair its block mask keeps,
 `fused` every query's window slots (its table's width, empty slots included) and the global keys.
 Divided by the visible pairs (those the canonical mask allows), this multiple is the factor by which a
-backend's arithmetic exceeds the ideal, and on a GPU, where these kernels are compute-bound, it predicts
-their speed. tools/bench_3dna.py --work prints it.
+backend's arithmetic exceeds the ideal; for the tile-based backends, compute-bound on a GPU, it predicts
+their speed (the fused kernel's scores run on the vector units, so its speed has to be measured).
+tools/bench_3dna.py --work prints it.
 """
 from __future__ import annotations
 
