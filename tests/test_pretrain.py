@@ -257,17 +257,32 @@ def single_process(monkeypatch):
         signal.signal(sig, handler)
 
 
-def _poison_second_forward(trainer):
-    """Make the second micro-batch's loss NaN, as a bad batch or an fp16 overflow would."""
-    module, calls = trainer.engine.module, []
-    forward = module.forward
+def poison_micro_batch(trainer, number: int = 1, rank: int | None = None):
+    """Make the `number`-th micro-batch's loss NaN (on `rank` only, if given), as a bad batch or an fp16 overflow
+    would."""
+    module, forward, calls = trainer.engine.module, trainer.engine.module.forward, []
 
     def poisoned(*args, **kwargs):
-        logits, loss = forward(*args, **kwargs)
         calls.append(1)
-        return logits, loss * float("nan") if len(calls) == 2 else loss
-
+        logits, loss = forward(*args, **kwargs)
+        return logits, loss * float("nan") if len(calls) == number and rank in (None, trainer.rank) else loss
     module.forward = poisoned
+
+
+def discard_first_micro_batch(trainer):
+    """Draw the first micro-batch and throw it away unused: what a skipped one must be equivalent to."""
+    from pretrain.trainer import task_at
+
+    forward, calls = trainer.forward, []
+
+    def discarding(task):
+        calls.append(1)
+        if len(calls) == 1:
+            forward(task)
+            config = trainer.config
+            task = task_at(config.data, config.trainer.seed, trainer.state.step, trainer.state.micro_step)
+        return forward(task)
+    trainer.forward = discarding
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
@@ -277,7 +292,7 @@ def test_nan_loss_is_skipped_or_stops(tmp_path, code_shards, single_process, pol
     config = load_config(write_config(tmp_path, code_shards, steps=3, checkpoint_every=100),
                          ["--data.num_workers", "0", "--trainer.nan_policy", policy])
     trainer = Trainer(config)
-    _poison_second_forward(trainer)
+    poison_micro_batch(trainer, 2)
     if policy == "stop":
         before = {k: v.clone() for k, v in trainer.engine.module.state_dict().items()}
         with pytest.raises(FloatingPointError, match=r"non-finite loss at step 1, micro-step 1 \((t2i|t2v|v2v)\); "
@@ -297,7 +312,7 @@ def test_a_skipped_micro_batch_leaves_no_trace_and_the_host_waits_once_a_step(tm
     """`skip` without a wait per micro-step: the first micro-batch of step 1 is NaN and is backpropagated before the
     host has seen its loss (its gradients zeroed on the device). The weights must equal, bit for bit, those of a run
     that drew that micro-batch and threw it away unused; and with no bad batch the host waits once a step."""
-    from pretrain.trainer import Trainer, task_at
+    from pretrain.trainer import Trainer
 
     def trained(name, change):
         config = load_config(write_config(tmp_path, code_shards, name=name, steps=2, checkpoint_every=100),
@@ -310,29 +325,8 @@ def test_a_skipped_micro_batch_leaves_no_trace_and_the_host_waits_once_a_step(tm
         losses = [trainer.train_step()["losses"] for _ in range(2)]
         return trainer, losses, len(waits)
 
-    def poison_first(trainer):
-        module, forward, calls = trainer.engine.module, trainer.engine.module.forward, []
-
-        def poisoned(*args, **kwargs):
-            calls.append(1)
-            logits, loss = forward(*args, **kwargs)
-            return logits, loss * float("nan") if len(calls) == 1 else loss
-        module.forward = poisoned
-
-    def discard_first(trainer):
-        forward, calls = trainer.forward, []
-
-        def discarding(task):
-            calls.append(1)
-            if len(calls) == 1:
-                forward(task)  # drawn, its loss never used
-                cfg = trainer.config
-                task = task_at(cfg.data, cfg.trainer.seed, trainer.state.step, trainer.state.micro_step)
-            return forward(task)
-        trainer.forward = discarding
-
-    skipped, skipped_losses, skipped_waits = trained("skipped", poison_first)
-    discarded, discarded_losses, _ = trained("discarded", discard_first)
+    skipped, skipped_losses, skipped_waits = trained("skipped", poison_micro_batch)
+    discarded, discarded_losses, _ = trained("discarded", discard_first_micro_batch)
     clean, _, clean_waits = trained("clean", lambda trainer: None)
     assert (skipped.state.skipped_batches, skipped.state.micro_step) == (1, 5)
     # (the discarding stand-in files the replacement under the discarded batch's task: compare the values)

@@ -73,7 +73,9 @@ SKIP_ON_ONE_RANK = r"""
 import sys
 import torch
 from pretrain.config import load_config
-from pretrain.trainer import Trainer, task_at
+from pretrain.trainer import Trainer
+sys.path.insert(0, "tests")
+from test_pretrain import discard_first_micro_batch, poison_micro_batch
 
 config_path, output = sys.argv[1:3]
 
@@ -88,31 +90,8 @@ def run(name, change):
     return trainer, losses, local
 
 
-def poison_first_on_rank_1(trainer):
-    forward, calls = trainer.engine.module.forward, []
-
-    def poisoned(*args, **kwargs):
-        calls.append(1)
-        logits, loss = forward(*args, **kwargs)
-        return logits, loss * float("nan") if trainer.rank == 1 and len(calls) == 1 else loss
-    trainer.engine.module.forward = poisoned
-
-
-def discard_first(trainer):
-    forward, calls = trainer.forward, []
-
-    def discarding(task):
-        calls.append(1)
-        if len(calls) == 1:
-            forward(task)
-            config = trainer.config
-            task = task_at(config.data, config.trainer.seed, trainer.state.step, trainer.state.micro_step)
-        return forward(task)
-    trainer.forward = discarding
-
-
-skipped, skipped_losses, skipped_weights = run("skipped", poison_first_on_rank_1)
-_, discarded_losses, discarded_weights = run("discarded", discard_first)
+skipped, skipped_losses, skipped_weights = run("skipped", lambda trainer: poison_micro_batch(trainer, rank=1))
+_, discarded_losses, discarded_weights = run("discarded", discard_first_micro_batch)
 same = skipped_losses == discarded_losses and all(map(torch.equal, skipped_weights, discarded_weights))
 print(f"rank {skipped.rank}: skipped {skipped.state.skipped_batches}, micro-step {skipped.state.micro_step}, "
       f"same as discarded {same}", flush=True)
