@@ -58,9 +58,9 @@ def tiled_order(grid: Grid) -> torch.Tensor:
 
 
 def _compact(ids: torch.Tensor) -> torch.Tensor:
-    """Rows of ids with -1 holes → the valid ids first (ascending), cut to the longest row."""
+    """Rows of ids with -1 holes → the valid ids first (ascending), cut to the longest row (at least one)."""
     ids = torch.where(ids >= 0, ids, torch.iinfo(ids.dtype).max).sort(1).values
-    width = int((ids != torch.iinfo(ids.dtype).max).sum(1).max())
+    width = max(int((ids != torch.iinfo(ids.dtype).max).sum(1).max()), 1)  # no empty table for the kernel
     ids = ids[:, :width]
     return ids.masked_fill(ids == torch.iinfo(ids.dtype).max, -1)
 
