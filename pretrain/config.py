@@ -12,12 +12,13 @@ from typing import Literal
 
 from model import typed_config
 from model.config import PRESETS, NuwaConfig
+from model.tasks import SKETCH_TASKS  # conditioned on the shards' sketch codes (sketch.npy) instead of text
 from pretrain.optim import OptimConfig
 
 TASKS = ("t2i", "v2v", "t2v", "s2i", "s2v")
 TASK_MODALITY = {"t2i": "image", "v2v": "video", "t2v": "video", "s2i": "image", "s2v": "video"}
-SKETCH_TASKS = ("s2i", "s2v")
-"""Tasks conditioned on sketch codes (the shards' sketch.npy) instead of text (the paper's S2I, S2V)."""
+CAPTIONED_TASKS = ("t2i", "t2v")
+"""Tasks conditioned on each sample's own caption; the others read the constant "None" text."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from preprocess.shards import ShardDataset
 from preprocess.text import CaptionTokenizer
-from pretrain.config import SKETCH_TASKS, TASK_MODALITY, TASKS, DataConfig, PretrainConfig
+from pretrain.config import CAPTIONED_TASKS, SKETCH_TASKS, TASK_MODALITY, TASKS, DataConfig, PretrainConfig
 
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 
@@ -56,8 +56,8 @@ class TaskDataset(Dataset):
         lengths = shards.text_lengths()
         # T2I/T2V need a caption; V2V uses every video with the constant "None" condition; S2I/S2V every
         # sample's sketch (their text is "None" and unused).
-        uncaptioned = task == "v2v" or task in SKETCH_TASKS
-        self.indices = np.arange(len(lengths)) if uncaptioned else np.flatnonzero(lengths > 0)
+        self.captioned = task in CAPTIONED_TASKS
+        self.indices = np.flatnonzero(lengths > 0) if self.captioned else np.arange(len(lengths))
         self.none_text = torch.from_numpy(none_text.astype(np.int64))
 
     def __len__(self) -> int:
@@ -65,8 +65,7 @@ class TaskDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         sample = self.shards[int(self.indices[i])]
-        captioned = self.task not in ("v2v", *SKETCH_TASKS)
-        text = torch.from_numpy(sample["text"].astype(np.int64)) if captioned else self.none_text
+        text = torch.from_numpy(sample["text"].astype(np.int64)) if self.captioned else self.none_text
         first = slice(self.frames)  # data.frames: the first N frames (None: all)
         item = {"codes": torch.from_numpy(sample["codes"][first].astype(np.int64)), "text": text}
         if self.task in SKETCH_TASKS:
@@ -140,7 +139,7 @@ class MultiTaskData:
         micro_batch = self.config.micro_batch[task]
         first = self.state.consumed[task] + self.rank * micro_batch  # this rank's first global position
         self.state.consumed[task] += self.world_size * micro_batch
-        if task in ("t2i", "t2v") and self.config.caption_dropout > 0:
+        if task in CAPTIONED_TASKS and self.config.caption_dropout > 0:
             drop = caption_dropped(self.seed, task, range(first, first + micro_batch), self.config.caption_dropout)
             batch["text"][drop] = self._none_text[task]
         if TASK_MODALITY[task] == "video" and self.config.roll_videos:
