@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from model.vqgan import VQGAN
 from preprocess.readers import (BAD_LABEL_MAP, DECODE_ERROR, NO_CURATION, NO_LABEL_MAP, ClipSampling, Curation,
-                                InputUnit, RawItem, Skip, SkipInput, image_pixels, iter_unit, label_clip, label_map,
+                                InputUnit, RawItem, Skip, SkipInput, image_pixels, iter_unit, label_clips, label_map,
                                 list_units, timed_video_clips, uint8_to_model)
 from preprocess.shards import MANIFEST, ShardWriter, make_manifest, shard_name, split_manifest_name
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
@@ -107,8 +107,8 @@ class DecodeStream(IterableDataset):
             return [clip for _, clip in clips], []
         data = self.sketch_bytes(item, "seg.npz")
         classes, resolution = self.sketch
-        return [clip for _, clip in clips], [label_clip(data, start, self.sampling, resolution, classes)
-                                             for start, _ in clips]
+        return [clip for _, clip in clips], label_clips(data, [start for start, _ in clips], self.sampling, resolution,
+                                                        classes)
 
     def sketch_bytes(self, item: RawItem, kind: str) -> bytes:
         if item.sketch is None or item.sketch[0] != kind:

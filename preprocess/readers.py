@@ -263,20 +263,25 @@ def label_map(data: bytes, resolution: int, num_classes: int) -> np.ndarray:
         raise SkipInput(BAD_LABEL_MAP, f"mode {image.mode}: a label map holds one class id per pixel (L, P or 16-bit)")
     if image.mode.startswith("I;16"):
         image = image.convert("I")
-    return _checked_labels(np.asarray(resize_center_crop(image, resolution, Image.NEAREST)), num_classes)
+    return _fitted_labels(image, resolution, num_classes)
 
 
-def _checked_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def _fitted_labels(image: Image.Image, resolution: int, num_classes: int) -> np.ndarray:
+    """A label map resized with nearest neighbours (a class id is never blended) and centre-cropped as images
+    are → uint16 [resolution, resolution]; class ids beyond num_classes raise SkipInput."""
+    labels = np.asarray(resize_center_crop(image, resolution, Image.NEAREST))
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise SkipInput(BAD_LABEL_MAP, f"class ids {int(labels.min())}..{int(labels.max())}, the model has "
                                        f"{num_classes} classes")
     return labels.astype(np.uint16)
 
 
-def label_clip(data: bytes, start: float, sampling: ClipSampling, resolution: int, num_classes: int) -> np.ndarray:
+def label_clips(data: bytes, starts: list[float], sampling: ClipSampling, resolution: int,
+                num_classes: int) -> list[np.ndarray]:
     """A video's label stack (`.npz` with `labels` [F, H, W], one map per frame from t = 0, and `fps`, their
-    rate) → uint16 [T, resolution, resolution]: the maps on screen at the times of the clip that starts at
-    `start`, chosen by the rule that picks the clip's video frames (raises SkipInput)."""
+    rate) → uint16 [T, resolution, resolution] per clip start: the maps on screen at the times of the clip that
+    starts there, chosen by the rule that picks the clip's video frames (raises SkipInput). The stack is read
+    once for all the clips."""
     try:
         with np.load(io.BytesIO(data)) as stack:
             labels, fps = stack["labels"], float(stack["fps"])
@@ -285,14 +290,16 @@ def label_clip(data: bytes, start: float, sampling: ClipSampling, resolution: in
     if labels.ndim != 3 or labels.dtype.kind not in "ui" or not fps > 0:
         raise SkipInput(BAD_LABEL_MAP, f"labels {labels.dtype} {labels.shape} at fps {fps}: expected integer "
                                        f"[F, H, W] maps at a positive rate")
-    times = start + np.arange(sampling.num_frames) / sampling.fps
-    if start + sampling.seconds > len(labels) / fps + 1e-3:  # the rule a clip fits its video by
-        raise SkipInput(BAD_LABEL_MAP, f"{len(labels)} label maps at {fps:g} fps end at {len(labels) / fps:.2f} s; "
-                                       f"the clip needs {start + sampling.seconds:.2f} s")
-    picks = np.searchsorted(np.arange(len(labels)) / fps, times + 1e-3, side="right") - 1
-    return np.stack([_checked_labels(np.asarray(resize_center_crop(Image.fromarray(labels[i].astype(np.int32)),
-                                                                   resolution, Image.NEAREST)), num_classes)
-                     for i in picks])
+    clips = []
+    for start in starts:
+        if start + sampling.seconds > len(labels) / fps + 1e-3:  # the rule a clip fits its video by
+            raise SkipInput(BAD_LABEL_MAP, f"{len(labels)} label maps at {fps:g} fps end at {len(labels) / fps:.2f} "
+                                           f"s; the clip needs {start + sampling.seconds:.2f} s")
+        times = start + np.arange(sampling.num_frames) / sampling.fps
+        picks = np.searchsorted(np.arange(len(labels)) / fps, times + 1e-3, side="right") - 1
+        clips.append(np.stack([_fitted_labels(Image.fromarray(labels[i].astype(np.int32)), resolution, num_classes)
+                               for i in picks]))
+    return clips
 
 
 # ---------------------------------------------------------------------------------------- videos

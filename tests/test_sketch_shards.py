@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from model.vqgan import VQGAN, VQGANConfig
-from preprocess.readers import ClipSampling, label_clip, label_map
+from preprocess.readers import ClipSampling, label_clips, label_map
 from preprocess.shards import SKETCH_FORMAT, ShardDataset
 from preprocess.tokenize import main as tokenize
 from tools.make_demo_data import encode_jpeg, random_spec, render_frame, render_label_map, render_video
@@ -83,5 +83,5 @@ def test_video_label_stacks_follow_the_clip_frames(code_shards, seg_vqgan, tmp_p
     seg = VQGAN.from_pretrained(seg_vqgan).eval()
     expected = seg.encode(torch.from_numpy(labels[[0, 20]].astype(np.int64)))  # clip frames at 0 s and 2 s
     assert np.array_equal(shards[0]["sketch"], expected.numpy().astype(np.uint16))
-    clip = label_clip(npz(labels, 10.0), 0.0, ClipSampling(num_frames=10), 32, 4)
+    clip, = label_clips(npz(labels, 10.0), [0.0], ClipSampling(num_frames=10), 32, 4)
     assert np.array_equal(clip, labels[::4])  # 2.5 fps from a 10-fps stack: every 4th map

@@ -50,7 +50,7 @@ from model.sampling import SamplingConfig, generate
 from model.tasks import (INPUT_TASKS, SKETCH_TASKS, TASKS, TEXT_TASKS, VIDEO_TASKS, keep_first_frames,
                          keep_outside_region, keep_top_rows)
 from model.vqgan import VQGAN
-from preprocess.readers import (ClipSampling, SkipInput, label_clip, label_map, load_image, model_to_uint8,
+from preprocess.readers import (ClipSampling, SkipInput, label_clips, label_map, load_image, model_to_uint8,
                                 uint8_to_model, video_clips)
 from preprocess.shards import ShardDataset
 from preprocess.text import TEXT_LENGTH, CaptionTokenizer
@@ -104,8 +104,8 @@ def read_sketch_codes(path: Path, task: str, vqgan_seg: VQGAN | None, frames: in
     config = vqgan_seg.config
     try:
         if task == "s2v":
-            labels = label_clip(path.read_bytes(), 0.0, ClipSampling(num_frames=frames), config.resolution,
-                                config.num_classes)
+            labels = label_clips(path.read_bytes(), [0.0], ClipSampling(num_frames=frames), config.resolution,
+                                 config.num_classes)[0]
         else:
             labels = label_map(path.read_bytes(), config.resolution, config.num_classes)[None]
     except SkipInput as error:
