@@ -404,7 +404,7 @@ def main(argv=None):
     parser.add_argument("--size", choices=list(SIZES), default="default")
     parser.add_argument("--fresh", action="store_true", help="delete --output first")
     parser.add_argument("--sketch", action="store_true",
-                        help="then the S2I stage: VQ-GAN-Seg, sketch codes, fine-tuning, sketch-report.md (~6 min)")
+                        help="then the S2I stage: VQ-GAN-Seg, sketch codes, fine-tuning, sketch-report.md (~7 more min)")
     args = parser.parse_args(argv)
     if args.fresh and args.output.exists():
         shutil.rmtree(args.output)
